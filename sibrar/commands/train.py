@@ -1,0 +1,112 @@
+"""`sibrar train`, `sibrar evaluate` and `sibrar models`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train one model from a YAML config")
+    train.add_argument("config", nargs="?", help="YAML run config (data, split, model, train, eval); default: built-in defaults")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+    train.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<protocol>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 … (overrides train.device)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a trained run on valid/test, optionally under a missing-modality view")
+    ev.add_argument("run_dir")
+    ev.add_argument("--part", default="test", choices=["valid", "test"])
+    ev.add_argument("--protocol", default=None, choices=["split", "all"], help="candidate items (default: the run's)")
+    ev.add_argument("--view", action="append", default=[], metavar="SPEC",
+                    help="item:genres+text (use only these item modalities), item:-text@0.7 (70%% of items lack text), "
+                         "user:... likewise; repeatable, each evaluated separately")
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=_evaluate)
+
+    models = sub.add_parser("models", help="list the registered models")
+    models.set_defaults(func=_models)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sibrar.config import load_run_config
+    from sibrar.train.run import summary_line, train_run
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = load_run_config(run_dir / "config.yaml", overrides)
+    else:
+        config = load_run_config(args.config, overrides)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{config.model.name}-{Path(config.data.dataset).name}-{config.split.protocol}-{stamp}"
+    result = train_run(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    print(f"best epoch {result.train.best_epoch}; test {summary_line(result)}")
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def parse_view(spec: str, n_users: int, n_items: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    """'item:genres+text' -> subset view; 'item:-text@0.7' -> 70 % of items lack text."""
+    from sibrar.errors import ConfigError
+    from sibrar.eval.evaluator import missing_view, subset_view
+
+    side, sep, rest = spec.partition(":")
+    if not sep or side not in ("user", "item") or not rest:
+        raise ConfigError(f"--view {spec!r}: expected 'item:MOD+MOD' or 'item:-MOD@FRACTION' (or user:…)")
+    if rest.startswith("-"):
+        modality, _, frac = rest[1:].partition("@")
+        try:
+            fraction = float(frac) if frac else 1.0
+        except ValueError:
+            raise ConfigError(f"--view {spec!r}: fraction {frac!r} is not a number in [0, 1]") from None
+        return missing_view(n_items if side == "item" else n_users, modality, fraction, side=side, seed=seed)  # type: ignore[arg-type]
+    return subset_view(tuple(rest.split("+")), side)  # type: ignore[arg-type]
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sibrar.eval.evaluator import evaluate
+    from sibrar.models.base import FULL_VIEW
+    from sibrar.train.run import load_run
+
+    run = load_run(args.run_dir, device=args.device)
+    eval_cfg = run.config.eval if args.protocol is None else dataclasses.replace(run.config.eval, candidates=args.protocol)
+    prep = run.prepared
+    views = [FULL_VIEW] + [parse_view(v, prep.inputs.n_users, prep.inputs.n_items) for v in args.view]
+    base = None
+    rows = []
+    for view in views:
+        result = evaluate(run.model, prep.inputs, prep.split, args.part, eval_cfg, view=view)
+        base = base or result.summary
+        rows.append((view.name, result.summary))
+    keys = [k for k in ("ndcg@10", "recall@10", "precision@10", "map@10", "coverage@10") if k in base]  # type: ignore[operator]
+    print(f"{'view':28s} " + " ".join(f"{k:>13s}" for k in keys) + "   Δndcg@10")
+    for name, summary in rows:
+        drop = (summary["ndcg@10"] - base["ndcg@10"]) / base["ndcg@10"] if base and base.get("ndcg@10") else float("nan")  # type: ignore[index]
+        print(f"{name:28s} " + " ".join(f"{summary[k]:13.4f}" for k in keys) + f"   {drop:+.1%}")
+    out = Path(args.run_dir) / f"evaluate-{args.part}.json"
+    from sibrar._io import write_json_atomic
+
+    write_json_atomic(out, {name: summary for name, summary in rows})
+    print(f"written {out}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from sibrar.models.base import MODELS, load_builtin_models
+
+    load_builtin_models()
+    for name in MODELS.names():
+        entry = MODELS.get(name)
+        doc = (entry.cls.__doc__ or "").strip().splitlines()[0] if entry.cls.__doc__ else ""
+        flags = ", ".join(f for f, on in (("cold items", entry.cls.supports_cold_items), ("cold users", entry.cls.supports_cold_users)) if on)
+        print(f"{name:16s} {doc}" + (f"  [{flags}]" if flags else ""))
+    return 0

@@ -1,0 +1,117 @@
+"""Full-ranking evaluation of any Model on a split part, under any view (missing-modality scenario)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from sibrar.config import EvalConfig
+from sibrar.data.inputs import ModelInputs
+from sibrar.data.splits import Part, Split
+from sibrar.errors import SplitError
+from sibrar.eval.metrics import compute_metrics
+from sibrar.eval.ranking import topk_items
+from sibrar.models.base import FULL_VIEW, Model, SideView, View
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean metrics, per-user values (aligned with `users`), and group breakdowns."""
+
+    part: str
+    view: str
+    summary: dict[str, float]
+    per_user: dict[str, np.ndarray]
+    users: np.ndarray  # (U,) user indices evaluated
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. cold_items -> metrics
+    topk: np.ndarray | None = None  # (U, K) item indices
+
+
+def part_matrix(split: Split, part: Part) -> sp.csr_array:
+    frame = split.part(part)
+    rows, cols = frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy()
+    return sp.csr_array((np.ones(len(rows)), (rows, cols)), shape=(split.n_users, split.n_items))
+
+
+@torch.no_grad()
+def evaluate(
+    model: Model, inputs: ModelInputs, split: Split, part: Literal["valid", "test"], config: EvalConfig = EvalConfig(),
+    *, view: View = FULL_VIEW, keep_topk: bool = False,
+) -> EvalResult:
+    """Rank the candidate items for every user with >= 1 interaction in `part`.
+
+    Training items are masked, and validation items too when evaluating `test` (spec §7.1).
+    Interaction modalities always come from the training part only.
+    """
+    truth = part_matrix(split, part)
+    users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    if len(users) == 0:
+        raise SplitError(f"split part {part!r} has no interactions to evaluate")
+    exclude = part_matrix(split, "train")
+    if part == "test":
+        exclude = exclude + part_matrix(split, "valid")
+    candidates = split.candidates(part, config.candidates)
+    was_training = model.training
+    model.eval()
+    device = model.device
+    item_emb = model.all_item_embeddings(view)
+    user_idx = torch.from_numpy(users).to(device)
+    user_emb = torch.cat([model.user_embeddings(user_idx[s : s + config.batch_users], view)
+                          for s in range(0, len(users), config.batch_users)])
+    model.train(was_training)
+    k = max(config.ks)
+    gen = torch.Generator().manual_seed(config.seed)
+    topk, _ = topk_items(user_emb.float().cpu(), item_emb.float().cpu(), k, candidates=torch.from_numpy(candidates),
+                         exclude=exclude[users], generator=gen, user_chunk=config.batch_users)
+    topk_np = topk.numpy()
+    pop = inputs.item_popularity.cpu().numpy()
+    report = compute_metrics(topk_np, truth[users], config.ks, metrics=config.metrics, item_popularity=pop, candidates=candidates)
+    groups = _groups(split, part, users, truth[users], topk_np, config, pop, candidates)
+    return EvalResult(part, view.name, report.summary, report.per_user, users, groups, topk_np if keep_topk else None)
+
+
+def _groups(split: Split, part: Part, users: np.ndarray, truth: sp.csr_array, topk: np.ndarray, config: EvalConfig,
+            pop: np.ndarray, candidates: np.ndarray) -> dict[str, dict[str, float]]:
+    """Cold/warm breakdown where the part mixes both (items: truth restricted; users: rows)."""
+    groups: dict[str, dict[str, float]] = {}
+    cold_items = split.cold_items(part)
+    part_items = split.part(part)["item_idx"].unique().to_numpy()
+    if 0 < len(cold_items) < len(part_items):
+        is_cold = np.zeros(split.n_items, dtype=bool)
+        is_cold[cold_items] = True
+        for name, keep in (("cold_items", is_cold), ("warm_items", ~is_cold)):
+            restricted = truth.multiply(keep[None, :]).tocsr()
+            groups[name] = compute_metrics(topk, restricted, config.ks, metrics=config.metrics, item_popularity=pop,
+                                           candidates=candidates).summary
+    cold_users = split.cold_users(part)
+    if 0 < len(cold_users) < len(users):
+        mask = np.isin(users, cold_users)
+        for name, rows in (("cold_users", mask), ("warm_users", ~mask)):
+            groups[name] = compute_metrics(topk[rows], truth[rows], config.ks, metrics=config.metrics,
+                                           item_popularity=pop, candidates=candidates).summary
+    return groups
+
+
+def missing_view(n: int, modality: str, fraction: float, *, side: Literal["user", "item"] = "item",
+                 entities: np.ndarray | None = None, seed: int = 0) -> View:
+    """A view where a random `fraction` of `entities` (default all) lack `modality` (no retraining)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise SplitError(f"missing fraction {fraction}; expected a number in [0, 1]")
+    pool = np.arange(n) if entities is None else np.asarray(entities)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(pool, size=int(round(fraction * len(pool))), replace=False)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.from_numpy(chosen)] = True
+    side_view = SideView(missing={modality: mask})
+    name = f"{side}:-{modality}@{fraction:g}"
+    return View(item=side_view, name=name) if side == "item" else View(user=side_view, name=name)
+
+
+def subset_view(modalities: tuple[str, ...], side: Literal["user", "item"] = "item") -> View:
+    """A view where one side uses only `modalities`."""
+    name = f"{side}:{'+'.join(modalities)}"
+    return View(item=SideView(modalities=modalities), name=name) if side == "item" else View(user=SideView(modalities=modalities), name=name)

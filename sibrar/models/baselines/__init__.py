@@ -1,0 +1,1 @@
+"""Baseline recommenders, each in its own module, all on the one Model interface."""

@@ -1,0 +1,133 @@
+"""Building blocks: per-modality projections p_m and the shared branch g (spec §3.2–3.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from sibrar.data.modalities import Modality
+
+Activation = Literal["relu", "selu", "gelu", "tanh", "leaky_relu"]
+_ACTIVATIONS = {"relu": nn.ReLU, "selu": nn.SELU, "gelu": nn.GELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BranchConfig:
+    """The shared single branch g: [c] + hidden + [d] linear layers."""
+
+    hidden: tuple[int, ...] = (256,)
+    activation: Activation = "relu"
+    norm: Literal["batch", "layer", "none"] = "batch"
+    norm_every: int = 2  # a norm after every k-th linear (before its activation); -1: after the last only
+    output_activation: bool = True  # activation after the last linear too (item embeddings >= 0 with ReLU)
+    normalize_input: bool = True  # L2-normalise p_m(x) before g, so modalities enter on one scale
+    input_dropout: float = 0.02
+
+
+def init_weights(module: nn.Module) -> None:
+    """Kaiming-uniform (ReLU gain) linears with zero bias; small normal embeddings (spec §3.2)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            nn.init.normal_(m.weight, std=0.1 / m.weight.shape[1] ** 0.5)
+            if getattr(m, "padding_idx", None) is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+
+class SharedBranch(nn.Module):
+    """g: optional L2-norm and dropout of the input, then the MLP with norms every k-th layer."""
+
+    def __init__(self, in_dim: int, out_dim: int, config: BranchConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = [in_dim, *config.hidden, out_dim]
+        n_linear = len(widths) - 1
+        layers: list[nn.Module] = [nn.Dropout(config.input_dropout)] if config.input_dropout > 0 else []
+        for i in range(n_linear):
+            last = i == n_linear - 1
+            layers.append(nn.Linear(widths[i], widths[i + 1]))
+            every = config.norm_every
+            if config.norm != "none" and ((every > 0 and (i + 1) % every == 0) or (every == -1 and last)
+                                          or (every > 0 and last and n_linear < every)):
+                layers.append(nn.BatchNorm1d(widths[i + 1]) if config.norm == "batch" else nn.LayerNorm(widths[i + 1]))
+            if not last or config.output_activation:
+                layers.append(_ACTIVATIONS[config.activation]())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:  # (P, c) -> (P, d)
+        if self.config.normalize_input:
+            x = F.normalize(x, dim=-1)
+        return self.net(x)
+
+
+class Projection(nn.Module):
+    """p_m for one modality: maps entity rows of that modality to width c.
+
+    categorical -> embedding (no activation); tags -> mean embedding bag (padding excluded);
+    numeric / vector -> MLP with ReLU after every linear; interactions -> ReLU(W x + b) computed as a
+    sum embedding bag over the entity's training interactions (never a dense n x n_other matrix).
+    """
+
+    def __init__(self, modality: Modality, out_dim: int, hidden: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.kind = modality.kind
+        self.modality = modality  # tensors are data, not parameters: kept out of the state dict
+        if self.kind == "categorical":
+            self.embed: nn.Module = nn.Embedding(modality.dim, out_dim)
+        elif self.kind == "tags":
+            self.embed = nn.EmbeddingBag(modality.dim, out_dim, mode="mean", padding_idx=0)
+        else:
+            first_out = hidden[0] if hidden else out_dim
+            if self.kind == "interactions":
+                self.embed = nn.EmbeddingBag(modality.dim, first_out, mode="sum")
+                self.bias = nn.Parameter(torch.zeros(first_out))
+            else:
+                self.embed = nn.Linear(modality.dim, first_out)
+            widths = [first_out, *hidden[1:], out_dim] if hidden else [out_dim]
+            rest: list[nn.Module] = [nn.ReLU()]
+            for a, b in zip(widths[:-1], widths[1:]):
+                rest += [nn.Linear(a, b), nn.ReLU()]
+            self.rest = nn.Sequential(*rest)
+        init_weights(self)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """`.to(device)` moves the modality's data tensors along with the parameters."""
+        super()._apply(fn, recurse)
+        m = self.modality
+        self.modality = replace(m, available=fn(m.available), values=fn(m.values))
+        return self
+
+    def forward(self, rows: Tensor) -> Tensor:  # rows (P,) entity indices -> (P, c)
+        m = self.modality
+        if self.kind == "categorical":
+            return self.embed(m.values[rows])
+        if self.kind == "tags":  # flatten the padded codes so padding never reaches the bag
+            codes = m.values[rows]
+            present = codes > 0
+            lengths = present.sum(dim=1)
+            return self.embed(codes[present], torch.cumsum(lengths, 0) - lengths)
+        if self.kind == "interactions":
+            indices, offsets = csr_rows(m.values, rows)
+            return self.rest(self.embed(indices, offsets) + self.bias)
+        return self.rest(self.embed(m.values[rows]))
+
+
+def csr_rows(csr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Column indices and bag offsets of `rows` of a CSR matrix, for nn.EmbeddingBag. Vectorised."""
+    crow, col = csr.crow_indices(), csr.col_indices()
+    starts, ends = crow[rows], crow[rows + 1]
+    lengths = ends - starts
+    offsets = torch.cumsum(lengths, 0) - lengths
+    total = int(lengths.sum())
+    within = torch.arange(total, device=col.device) - torch.repeat_interleave(offsets, lengths, output_size=total)
+    return col[torch.repeat_interleave(starts, lengths, output_size=total) + within], offsets
+
+

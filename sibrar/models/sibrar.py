@@ -1,0 +1,181 @@
+"""SiBraR: two towers whose modalities all pass through one shared branch per entity type.
+
+Training: each entity occurrence samples 1-2 of its *available* modalities; its embedding is the mean
+of their branch outputs; BPR on dot products plus a symmetric InfoNCE between the two sampled
+modality embeddings. Inference: mean over all available eval modalities, so a cold item (no
+`interactions`, no `id`) is embedded from its side information by the same network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from sibrar.data.inputs import ModelInputs
+from sibrar.data.modalities import EntityFeatures
+from sibrar.errors import ConfigError
+from sibrar.models.base import FULL_VIEW, Batch, Model, SideView, View, register_model
+from sibrar.models.losses import bpr_loss, sym_infonce
+from sibrar.models.modules import BranchConfig, Projection, SharedBranch
+from sibrar.models.sampling import sample_modalities
+
+
+@dataclass(frozen=True, kw_only=True)
+class TowerConfig:
+    """One tower. With `branch: null` and one modality it is a plain tower (ID embedding, or
+    ReLU(W x + b) over the interaction vector, as in the paper's item-SiBraR user side)."""
+
+    modalities: tuple[str, ...] = ("interactions",)
+    eval_modalities: tuple[str, ...] | None = None  # default: `modalities`
+    common_dim: int = 128  # c: width every projection maps to
+    branch: BranchConfig | None = field(default_factory=BranchConfig)
+    sampling: Literal["single", "pairwise", "central"] = "pairwise"
+    central: str = "interactions"
+    contrastive_weight: float = 1e-4  # λ; 0 disables the InfoNCE term
+    temperature: float = 0.1  # τ (clamped at >= 1e-2 for stability, spec §12.12)
+    similarity: Literal["dot", "cosine"] = "dot"
+    projection_hidden: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per-modality hidden widths
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiBraRConfig:
+    name: Literal["sibrar"] = "sibrar"
+    dim: int = 128  # d: embedding width of both towers
+    user: TowerConfig = field(default_factory=lambda: TowerConfig(branch=None, sampling="single", contrastive_weight=0.0))
+    item: TowerConfig = field(default_factory=lambda: TowerConfig(modalities=("interactions", "genres")))
+
+
+class Tower(nn.Module):
+    """Projections p_m for each modality + shared branch g + mean aggregation."""
+
+    def __init__(self, features: EntityFeatures, config: TowerConfig, dim: int, where: str) -> None:
+        super().__init__()
+        self.config = config
+        self.entity = features.entity
+        missing = [m for m in (*config.modalities, *(config.eval_modalities or ())) if m not in features]
+        if missing:
+            raise ConfigError(f"{where}.modalities: {features.entity} modality {missing[0]!r} not in the data; "
+                              f"available: {', '.join(features.names)}")
+        if config.branch is None and config.common_dim != dim:  # plain tower: projections are the output
+            config = replace(config, common_dim=dim)
+            self.config = config
+        self.names = list(dict.fromkeys([*config.modalities, *(config.eval_modalities or ())]))
+        self.train_idx = torch.tensor([self.names.index(m) for m in config.modalities])
+        self.eval_names = list(config.eval_modalities or config.modalities)
+        self.projections = nn.ModuleDict({
+            m: Projection(features[m], config.common_dim, tuple(config.projection_hidden.get(m, ()))) for m in self.names})
+        self.branch = SharedBranch(config.common_dim, dim, config.branch) if config.branch else nn.Identity()
+        self.available = torch.stack([features[m].available for m in self.names], dim=1)  # (n, M) bool
+        if config.sampling == "central" and config.central not in config.modalities:
+            raise ConfigError(f"{where}.central: {config.central!r} is not one of the tower's modalities")
+        # position of the central modality among the training modalities
+        self.central = list(config.modalities).index(config.central) if config.sampling == "central" else None
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        super()._apply(fn, recurse)
+        self.available = fn(self.available)
+        self.train_idx = fn(self.train_idx)
+        return self
+
+    def encode(self, entities: Tensor, chosen: Tensor) -> Tensor:
+        """Branch outputs for (entity, modality) pairs: entities (P,), chosen (P,) -> (P, d).
+
+        Each modality projects its own rows (unique entities once); g then runs once over the mixed
+        rows, so BatchNorm statistics are shared by all modalities (spec §3.3).
+        """
+        projected = None
+        for m_idx, name in enumerate(self.names):
+            rows = (chosen == m_idx).nonzero(as_tuple=True)[0]
+            if rows.numel() == 0:
+                continue
+            uniq, inverse = entities[rows].unique(return_inverse=True)
+            out = self.projections[name](uniq)[inverse]
+            if projected is None:
+                projected = out.new_zeros(len(entities), out.shape[1])
+            projected[rows] = out
+        if projected is None:
+            raise ValueError("no modality rows to encode")
+        return self.branch(projected)
+
+    def sample(self, entities: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Training forward: (emb (N, d), per-modality (N, 2, d) or None, distinct (N,) bool)."""
+        available = self.available[entities][:, self.train_idx]  # (N, M_train)
+        chosen, distinct = sample_modalities(available, self.config.sampling, generator=generator, central=self.central)
+        chosen = self.train_idx[chosen]  # back to tower-wide modality indices
+        k = chosen.shape[1]
+        z = self.encode(entities.repeat_interleave(k), chosen.reshape(-1)).reshape(len(entities), k, -1)
+        has_any = available.any(dim=1, keepdim=True)
+        emb = z.mean(dim=1) * has_any
+        return emb, (z if k == 2 else None), distinct & has_any.squeeze(1)
+
+    def embed(self, entities: Tensor, view: SideView) -> Tensor:
+        """Inference: mean of branch outputs over the eval modalities each entity may use under `view`."""
+        names = list(view.modalities) if view.modalities is not None else self.eval_names
+        unknown = [m for m in names if m not in self.names]
+        if unknown:
+            raise ConfigError(f"view names {self.entity} modality {unknown[0]!r}; this tower has {', '.join(self.names)}")
+        cols = torch.tensor([self.names.index(m) for m in names], device=entities.device)
+        use = self.available[entities][:, cols].clone()  # (N, M_view)
+        for j, m in enumerate(names):
+            if m in view.missing:
+                use[:, j] &= ~view.missing[m].to(entities.device)[entities]
+        pair_entity, pair_col = use.nonzero(as_tuple=True)
+        if pair_entity.numel() == 0:
+            return torch.zeros(len(entities), self._out_dim(), device=entities.device)
+        z = self.encode(entities[pair_entity], cols[pair_col])
+        total = torch.zeros(len(entities), z.shape[1], device=z.device, dtype=z.dtype).index_add_(0, pair_entity, z)
+        count = use.sum(dim=1, keepdim=True).clamp_min(1)
+        return total / count  # entities with no usable modality get the zero vector
+
+    def _out_dim(self) -> int:
+        for module in reversed(list(self.modules())):
+            if isinstance(module, nn.Linear):
+                return module.out_features
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                return module.embedding_dim
+        raise RuntimeError("tower without layers")
+
+
+@register_model("sibrar", SiBraRConfig)
+class SiBraR(Model):
+    """Single-branch two-tower recommender (item-SiBraR, user-SiBraR or both, by config)."""
+
+    supports_cold_items = True
+    supports_cold_users = True
+
+    def __init__(self, config: SiBraRConfig, inputs: ModelInputs) -> None:
+        super().__init__(config, inputs)
+        self.user_tower = Tower(inputs.user, config.user, config.dim, "model.user")
+        self.item_tower = Tower(inputs.item, config.item, config.dim, "model.item")
+        self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        b, k = batch.items.shape
+        user_emb, user_z, user_distinct = self.user_tower.sample(batch.users, self.generator)  # (B, d)
+        item_emb, item_z, item_distinct = self.item_tower.sample(batch.items.reshape(-1), self.generator)
+        item_emb = item_emb.reshape(b, k, -1)  # (B, 1+N, d)
+        scores = torch.einsum("bd,bkd->bk", user_emb, item_emb)
+        parts = {"bpr": bpr_loss(scores[:, 0], scores[:, 1:])}
+        total = parts["bpr"]
+        item_cfg, user_cfg = self.item_tower.config, self.user_tower.config
+        if item_z is not None and item_cfg.contrastive_weight > 0:
+            z = item_z.reshape(b, k, 2, -1)
+            parts["infonce_item"] = sym_infonce(
+                z[:, :, 0], z[:, :, 1], temperature=max(item_cfg.temperature, 1e-2), similarity=item_cfg.similarity,
+                ids=batch.items, weights=item_distinct.reshape(b, k).float())
+            total = total + item_cfg.contrastive_weight * parts["infonce_item"]
+        if user_z is not None and user_cfg.contrastive_weight > 0:
+            parts["infonce_user"] = sym_infonce(
+                user_z[:, 0], user_z[:, 1], temperature=max(user_cfg.temperature, 1e-2), similarity=user_cfg.similarity,
+                ids=batch.users, weights=user_distinct.float())
+            total = total + user_cfg.contrastive_weight * parts["infonce_user"]
+        return {"loss": total, **parts}
+
+    def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:
+        return self.user_tower.embed(users, view.user)
+
+    def item_embeddings(self, items: Tensor, view: View = FULL_VIEW) -> Tensor:
+        return self.item_tower.embed(items, view.item)

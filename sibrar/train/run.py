@@ -1,0 +1,165 @@
+"""A run: config -> data -> split -> model -> training -> test evaluation, all in one folder.
+
+Run folder: config.yaml (resolved), manifest.json (model name, versions, dataset/split hashes,
+git commit), split.json, history.csv, metrics.json, per_user.parquet, model.pt (state dict only,
+loadable with weights_only=True), checkpoint_{last,best}.pt.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
+from sibrar.config import RunConfig, dump_yaml, load_yaml, parse_run_config
+from sibrar.data.dataset import Dataset, load_dataset
+from sibrar.data.inputs import ModelInputs, build_inputs
+from sibrar.data.splits import Split, make_split
+from sibrar.errors import ConfigError, TrainingError
+from sibrar.eval.evaluator import EvalResult, evaluate
+from sibrar.models.base import Model, create_model
+from sibrar.train.trainer import Callback, Trainer, TrainResult, save_atomic
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    config: RunConfig
+    dataset: Dataset
+    split: Split
+    inputs: ModelInputs
+
+
+@dataclass(frozen=True, eq=False)
+class RunResult:
+    run_dir: Path | None
+    model: Model
+    prepared: Prepared
+    train: TrainResult
+    valid: EvalResult
+    test: EvalResult
+
+
+def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
+    """Load, preprocess and split the data of a config (cached by data+split config when given)."""
+    key = (config.data, config.split)
+    if cache is not None and key in cache:
+        dataset, split, inputs = cache[key]
+    else:
+        dataset = load_dataset(config.data)
+        split = make_split(dataset, config.split)
+        inputs = build_inputs(dataset, split)
+        if cache is not None:
+            cache[key] = (dataset, split, inputs)
+    return Prepared(config, dataset, split, inputs)
+
+
+def train_run(config: RunConfig, run_dir: str | Path | None = None, *, callbacks: Sequence[Callback] = (),
+              resume: bool = False, progress: bool = True, prepared: Prepared | None = None) -> RunResult:
+    """Train one model and evaluate it on validation (best epoch) and test."""
+    prep = prepared or prepare(config)
+    run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is not None:
+        _write_header(run_path, config, prep, resume)
+    torch.manual_seed(config.train.seed)
+    model = create_model(config.model, prep.inputs)
+    trainer = Trainer(model, prep.inputs, prep.split, config.train, config.eval, run_dir=run_path,
+                      callbacks=callbacks, progress=progress)
+    result = trainer.fit(resume=resume)
+    valid = evaluate(model, prep.inputs, prep.split, "valid", config.eval)
+    test = evaluate(model, prep.inputs, prep.split, "test", config.eval)
+    if run_path is not None:
+        _write_results(run_path, model, result, valid, test)
+    return RunResult(run_path, model, prep, result, valid, test)
+
+
+def _write_header(run_dir: Path, config: RunConfig, prep: Prepared, resume: bool) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    text = dump_yaml(config)
+    if resume and saved.is_file() and saved.read_text(encoding="utf-8") != text:
+        raise ConfigError(f"{saved}: the run was started with a different config; resume with the same one")
+    write_text_atomic(saved, text)
+    write_json_atomic(run_dir / "split.json", prep.split.manifest)
+    write_json_atomic(run_dir / "manifest.json", {
+        "model": config.model.name,
+        "dataset": prep.dataset.name,
+        "synthetic": prep.dataset.synthetic,
+        "protocol": prep.split.protocol,
+        "dataset_hash": prep.split.manifest["input_hash"],
+        "split_hash": prep.split.hash,
+        "git_commit": git_commit(),
+        "versions": {"sibrar": _version(), "torch": torch.__version__, "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+
+
+def _write_results(run_dir: Path, model: Model, result: TrainResult, valid: EvalResult, test: EvalResult) -> None:
+    save_atomic(model.state_dict(), run_dir / "model.pt")
+    history = pl.DataFrame(result.history)
+    write_text_atomic(run_dir / "history.csv", history.write_csv())
+    write_json_atomic(run_dir / "metrics.json", {
+        "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+        "valid": valid.summary, "test": test.summary, "test_groups": test.groups,
+        "n_test_users": int(len(test.users)),
+    })
+    per_user = pl.DataFrame({"user_idx": test.users, **{k: v for k, v in test.per_user.items()}})
+    with atomic_write(run_dir / "per_user.parquet") as tmp:
+        per_user.write_parquet(tmp)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedRun:
+    run_dir: Path
+    config: RunConfig
+    model: Model
+    prepared: Prepared
+    metrics: dict[str, Any]
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
+    """Rebuild a trained model from its run folder (data re-read and checked against the hashes)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "model.pt").is_file():
+        raise ConfigError(f"{run_dir}: not a finished run folder (needs config.yaml and model.pt)")
+    config = parse_run_config(load_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    prep = prepare(config)
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("split_hash") != prep.split.hash:
+        raise TrainingError(f"{run_dir}: the data now gives a different split (hash {prep.split.hash[:12]}… vs "
+                            f"{str(manifest.get('split_hash'))[:12]}…); the dataset changed since training")
+    model = create_model(config.model, prep.inputs)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    model.to(torch.device(device)).eval()
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")) if (run_dir / "metrics.json").is_file() else {}
+    return LoadedRun(run_dir, config, model, prep, metrics)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sibrar")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def summary_line(result: RunResult, keys: Sequence[str] = ("ndcg@10", "recall@10", "precision@10")) -> str:
+    return "  ".join(f"{k} {result.test.summary.get(k, np.nan):.4f}" for k in keys)
