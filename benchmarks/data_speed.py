@@ -63,7 +63,7 @@ def _maxrss_mb() -> float:
 
 def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("sibrar data-layer benchmark")
     print(f"command : {shlex.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"date    : {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
+    print(f"date    : {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
     print(f"machine : {_machine()}")
     print(f"load avg: {load_before[0]:.2f} before, {load_after[0]:.2f} after (other processes share the CPUs when > 0)")
     print(f"commit  : {commit}{dirty}")

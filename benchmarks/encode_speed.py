@@ -32,24 +32,24 @@ GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "
           "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 
 
-def bench_text(n: int, batch_size: int) -> dict[str, float]:
+def bench_text(n: int, batch_size: int, model: str, device: str) -> dict[str, float]:
     from sibrar.encoders import TextEncoderConfig, embed_texts, load_text_model
 
     rng = np.random.default_rng(0)
     texts = [f"Movie {i} ({1930 + i % 70}). Genres: {', '.join(rng.choice(GENRES, size=1 + i % 3, replace=False))}"
              for i in range(n)]
     start = time.perf_counter()
-    load_text_model("all-MiniLM-L6-v2", "cpu")
+    load_text_model(model, device)
     load_s = time.perf_counter() - start
-    config = TextEncoderConfig(batch_size=batch_size)
-    embed_texts(texts[:batch_size], config)  # warm-up
+    config = TextEncoderConfig(model=model, batch_size=batch_size)
+    embed_texts(texts[:batch_size], config, device=device)  # warm-up
     start = time.perf_counter()
-    embed_texts(texts, config)
+    embed_texts(texts, config, device=device)
     seconds = time.perf_counter() - start
     return {"items": n, "seconds": seconds, "items_per_s": n / seconds, "load_s": load_s}
 
 
-def bench_image(n: int, batch_size: int, work: Path) -> dict[str, float]:
+def bench_image(n: int, batch_size: int, work: Path, device: str) -> dict[str, float]:
     import open_clip
     import skimage.data
     import torch
@@ -67,11 +67,11 @@ def bench_image(n: int, batch_size: int, work: Path) -> dict[str, float]:
     torch.save(open_clip.create_model("ViT-S-32-alt", pretrained=None).state_dict(), checkpoint)
     file_sha256(checkpoint)
     start = time.perf_counter()
-    load_image_model("ViT-S-32-alt", str(checkpoint.resolve()), "cpu")
+    load_image_model("ViT-S-32-alt", str(checkpoint.resolve()), device)
     load_s = time.perf_counter() - start
     config = ImageEncoderConfig(model="ViT-S-32-alt", pretrained=str(checkpoint), batch_size=batch_size)
     start = time.perf_counter()
-    report = encode_images(directory=folder, config=config, out=work / "features", progress=False)
+    report = encode_images(directory=folder, config=config, out=work / "features", progress=False, device=device)
     seconds = time.perf_counter() - start
     return {"items": report.n_encoded, "seconds": seconds, "items_per_s": report.n_encoded / seconds, "load_s": load_s}
 
@@ -91,16 +91,19 @@ def fetch_clips(cache: Path, target: Path, n: int) -> list[Path]:
     return sorted(target.glob("*.opus"))
 
 
-def bench_audio(n: int, cache: Path, work: Path) -> dict[str, float]:
+def bench_audio(n: int, cache: Path, work: Path, clips_dir: Path | None) -> dict[str, float]:
     import soundfile as sf
 
     from sibrar.encoders import AudioEncoderConfig, audio_file_features, encode_audio
 
-    clips = fetch_clips(cache, work / "clips", n)
+    if clips_dir is None:
+        clips_dir = work / "clips"
+        fetch_clips(cache, clips_dir, n)
+    clips = sorted(clips_dir.rglob("*.opus"))[:n]
     audio_file_features(clips[0], AudioEncoderConfig(max_seconds=2.0))  # warm-up (imports scipy.signal)
     audio_seconds = sum(sf.info(str(p)).duration for p in clips)
     start = time.perf_counter()
-    report = encode_audio(directory=work / "clips", out=work / "features", progress=False)
+    report = encode_audio(directory=clips_dir, out=work / "features", progress=False)
     seconds = time.perf_counter() - start
     return {"items": report.n_encoded, "seconds": seconds, "items_per_s": report.n_encoded / seconds,
             "audio_seconds_per_s": audio_seconds / seconds, "load_s": 0.0}
@@ -124,6 +127,9 @@ def main() -> None:
     parser.add_argument("--n-clips", type=int, default=10)
     parser.add_argument("--only", choices=("text", "image", "audio"), action="append")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "sibrar" / "bench")
+    parser.add_argument("--clips", type=Path, help="a folder of .opus clips to use instead of the wheel's")
+    parser.add_argument("--text-model", default="all-MiniLM-L6-v2", help="SentenceTransformer name or folder")
+    parser.add_argument("--device", default="cpu", help="device for text and image (audio runs on the CPU)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -133,16 +139,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "text" in only:
-            rows["text"] = bench_text(args.n_text, 32)
+            rows["text"] = bench_text(args.n_text, 32, args.text_model, args.device)
         if "image" in only:
             (work / "img").mkdir()
-            rows["image"] = bench_image(args.n_images, 16, work / "img")
+            rows["image"] = bench_image(args.n_images, 16, work / "img", args.device)
         if "audio" in only:
             (work / "aud").mkdir()
-            rows["audio"] = bench_audio(args.n_clips, args.cache, work / "aud")
+            rows["audio"] = bench_audio(args.n_clips, args.cache, work / "aud", args.clips)
     for key, value in info.items():
         print(f"# {key}: {value}")
-    notes = {"text": "all-MiniLM-L6-v2, batch 32, synthetic texts", "image": "ViT-S-32-alt (random init), batch 16",
+    info["device"] = args.device
+    notes = {"text": f"{Path(args.text_model).name}, batch 32, synthetic texts", "image": "ViT-S-32-alt (random init), batch 16",
              "audio": "real ~30 s Opus clips, whole clip"}
     print(f"{'encoder':8s} {'items':>6s} {'seconds':>8s} {'items/s':>8s} {'load s':>7s}  note")
     for kind, row in rows.items():

@@ -231,6 +231,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "cpu"
     grad_clip: float | None = None
+    time_limit_s: float | None = None  # stop after the epoch that passes this many seconds (recorded in metrics)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_negatives", "patience"):
@@ -266,16 +267,43 @@ def parse_run_config(data: Mapping[str, Any], where: str = "") -> RunConfig:
 
     data = dict(data)
     model = data.pop("model", None) or {"name": "sibrar"}
-    if not isinstance(model, Mapping) or "name" not in model:
+    if not isinstance(model, Mapping):
         raise ConfigError(f"{_join(where, 'model')}: expected a mapping with a 'name' (one of the registered models)")
+    model = {"name": "sibrar", **model}  # the default model, as when the section is absent (`--set model.dim=64`)
     load_builtin_models()
     entry = MODELS.get(str(model["name"]))
     model_cfg = from_dict(entry.config_cls, model, _join(where, "model"))
     base = from_dict(RunConfig, data, where)
+    _check_monitor(base, where)
     return dataclasses.replace(base, model=model_cfg)
+
+
+def _check_monitor(config: RunConfig, where: str) -> None:
+    """eval.metrics must be registered and train.monitor one of the validation keys they give, checked
+    here so a typo fails before any data is read, not after the first validation pass."""
+    from sibrar.errors import UnknownNameError
+    from sibrar.eval.metrics import DEFAULT_METRICS, METRICS
+
+    names = DEFAULT_METRICS if config.eval.metrics is None else config.eval.metrics
+    for i, name in enumerate(names):
+        try:
+            METRICS.get(name)
+        except UnknownNameError as exc:
+            raise UnknownNameError(f"{_join(where, 'eval.metrics')}[{i}]: {exc}") from None
+    computed = [f"{name}@{k}" for name in names for k in config.eval.ks]
+    if config.train.monitor not in computed:
+        close = difflib.get_close_matches(config.train.monitor, computed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{_join(where, 'train.monitor')}: {config.train.monitor!r} is not computed on validation{hint} "
+                          f"choose one of {', '.join(computed)} (or change eval.metrics / eval.ks)")
 
 
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """YAML file (or defaults when None) + `--set` overrides -> RunConfig."""
     data = load_yaml(path) if path is not None else {}
-    return parse_run_config(apply_overrides(data, overrides))
+    try:
+        return parse_run_config(apply_overrides(data, overrides))
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc  # name the file (the key may also come from --set)

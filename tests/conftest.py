@@ -32,7 +32,7 @@ def test_data_root(request: pytest.FixtureRequest) -> Path:
     """
     if os.environ.get(TEST_DATA_ENV):
         root = Path(os.environ[TEST_DATA_ENV]).expanduser()
-    elif request.config.cache is not None:
+    elif getattr(request.config, "cache", None) is not None:  # absent under -p no:cacheprovider
         root = Path(request.config.cache.mkdir("sibrar-data"))
     else:
         root = Path.home() / ".cache" / "sibrar-test"

@@ -111,7 +111,8 @@ def _atomic_frames(draw: st.DrawFn) -> tuple[pl.DataFrame, dict[str, str]]:
     return pl.DataFrame(data, schema={n: POLARS_TYPES[k] for n, k in types.items()}), types
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=_atomic_frames())
 def test_round_trip_property_any_types_and_nulls(tmp_path, case):
     frame, types = case
@@ -123,7 +124,8 @@ def test_round_trip_property_any_types_and_nulls(tmp_path, case):
         assert got == want, name
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=_atomic_frames(), crlf=st.booleans())
 def test_fast_reader_equals_the_line_by_line_reader(tmp_path, monkeypatch, case, crlf):
     frame, types = case

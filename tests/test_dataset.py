@@ -91,6 +91,35 @@ def test_ml100k_kg_tags_and_availability_match_the_file(ml100k_raw, ml100k_dir):
     assert unlinked and not ml100k_raw.item_side["kg_actor"].available[ml100k_raw.items.idx(unlinked)].any()
 
 
+def test_ml100k_numeric_release_year_missing_is_unavailable_and_scaled_on_given_rows(ml100k_raw, ml100k_dir):
+    item = read_atomic(ml100k_dir / "ml-100k.item").frame
+    years = dict(zip(item["item_id"].to_list(), item["release_year"].to_list(), strict=True))
+    year = ml100k_raw.item_side["release_year"]
+    raw = [years[i] for i in ml100k_raw.items.ids.tolist()]
+    assert year.available.tolist() == [y is not None for y in raw] and not all(year.available.tolist())
+    rows = np.arange(0, ml100k_raw.n_items, 2)
+    scaled = M.fit_scale(year, rows)
+    fitted = [raw[r] for r in rows if raw[r] is not None]
+    assert scaled.scale == (min(fitted), max(fitted))
+
+
+def test_ml100k_with_a_feature_file_gets_a_vector_modality_keyed_by_id(ml100k_dir, tmp_path, rng):
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    for name in ("ml-100k.inter", "ml-100k.item", "ml-100k.user"):
+        (folder / name).write_bytes((ml100k_dir / name).read_bytes())
+    ids = [str(i) for i in range(1, 1683, 3)] + ["not-a-movie"]  # every third movie, plus an unknown id
+    vectors = rng.normal(size=(len(ids), 16)).astype(np.float32)
+    write_features(folder / "features", "item", "text", ids, vectors, encoder="synthetic-random")
+    ds = _load(folder, k_core=0, user_modalities={}, item_modalities={"text": ModalitySpec()})
+    text = ds.item_side["text"]
+    have = set(ids)
+    assert text.available.tolist() == [i in have for i in ds.items.ids.tolist()]
+    toy = int(ds.items.idx(["1"])[0])
+    np.testing.assert_array_equal(text.values[toy].numpy(), vectors[0])
+    assert (text.values[~text.available] == 0).all()
+
+
 def test_ml100k_rating_threshold_and_k_core(ml100k_dir):
     ds = _load(ml100k_dir, rating_threshold=4, k_core=10)
     inter = ds.interactions
@@ -186,7 +215,7 @@ def _slow_k_core(pairs: set[tuple[int, int]], k: int) -> set[tuple[int, int]]:
         pairs = keep
 
 
-@settings(max_examples=80, deadline=None, derandomize=True)
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
 @given(pairs=st.sets(st.tuples(st.integers(0, 12), st.integers(0, 9)), max_size=90), k=st.integers(1, 5))
 def test_k_core_property_min_degree_fixed_point_and_oracle(pairs, k):
     frame = pl.DataFrame(sorted(pairs), schema={"user_id": pl.Int64, "item_id": pl.Int64}, orient="row")
@@ -225,6 +254,7 @@ def test_generated_dataset_records_preprocessing_in_meta(synthetic_dir):
     ds = _load(synthetic_dir, rating_threshold=3, k_core=2)
     pre = ds.meta["preprocessing"]
     assert (pre["rating_threshold"], pre["k_core"], pre["min_count"]) == (3, 2, None)
+    assert ds.interactions["rating"].min() >= 3
     assert pre["after_dedup"]["interactions"] <= pre["after_threshold"]["interactions"] <= pre["raw"]["interactions"]
     assert ds.synthetic and ds.meta["folder"] == str(synthetic_dir)
 

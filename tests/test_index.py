@@ -13,9 +13,11 @@ from sibrar.retrieval import IndexConfig, ItemIndex, recall_at_k
 
 N_ITEMS, DIM, N_QUERY = 2000, 16, 50
 ANN_CONFIGS = {
-    "hnsw": IndexConfig(kind="hnsw", hnsw_m=32, ef_construction=80, ef_search=128),
+    "hnsw-reduction": IndexConfig(kind="hnsw", mips="reduction", hnsw_m=32, ef_construction=80, ef_search=128),
+    "hnsw-native": IndexConfig(kind="hnsw", mips="native", hnsw_m=32, ef_construction=80, ef_search=128),
     "hnsw-cosine": IndexConfig(kind="hnsw", normalize=True, ef_search=128),
-    "ivf": IndexConfig(kind="ivf", nlist=16, nprobe=8),
+    "ivf-reduction": IndexConfig(kind="ivf", mips="reduction", nlist=16, nprobe=8),
+    "ivf-native": IndexConfig(kind="ivf", mips="native", nlist=16, nprobe=8),
 }
 ALL_CONFIGS = {"flat": IndexConfig(kind="flat"), **ANN_CONFIGS}
 
@@ -52,7 +54,7 @@ def test_flat_search_equals_numpy_topk(data: tuple[np.ndarray, np.ndarray]) -> N
     np.testing.assert_allclose(hits.scores, np.take_along_axis(query @ items.T, expected, 1), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["hnsw", "ivf"])
+@pytest.mark.parametrize("name", ["hnsw-reduction", "hnsw-native", "ivf-reduction", "ivf-native"])
 def test_ann_recall_at_10_is_high_under_mips(name: str, data: tuple[np.ndarray, np.ndarray]) -> None:
     items, query = data
     hits = ItemIndex.build(items, config=ANN_CONFIGS[name]).search(query, 10)
@@ -61,7 +63,7 @@ def test_ann_recall_at_10_is_high_under_mips(name: str, data: tuple[np.ndarray, 
 
 def test_ann_scores_are_exact_inner_products_sorted(data: tuple[np.ndarray, np.ndarray]) -> None:
     items, query = data
-    hits = ItemIndex.build(items, config=ANN_CONFIGS["hnsw"]).search(query, 10)
+    hits = ItemIndex.build(items, config=ANN_CONFIGS["hnsw-reduction"]).search(query, 10)
     exact = np.einsum("qkd,qd->qk", items[hits.ids], query)
     np.testing.assert_allclose(hits.scores, exact, rtol=1e-5, atol=1e-5)
     assert (np.diff(hits.scores, axis=1) <= 0).all()
@@ -206,6 +208,8 @@ def test_bad_config_raises() -> None:
         IndexConfig(kind="lsh")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="ef_search"):
         IndexConfig(kind="hnsw", ef_search=0)
+    with pytest.raises(ConfigError, match="valid: reduction, native"):
+        IndexConfig(kind="hnsw", mips="cosine")  # type: ignore[arg-type]
 
 
 def test_ids_and_idx_are_inverse(data: tuple[np.ndarray, np.ndarray]) -> None:

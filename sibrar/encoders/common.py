@@ -335,9 +335,10 @@ def encode_batches(
                     batch.append(prepared)  # type: ignore[arg-type]
             if batch:
                 vectors = np.asarray(embed(batch), dtype=np.float32)  # (B, d)
-                bad = ~np.isfinite(vectors).all(axis=1)
-                missing += [(i, "encoder returned NaN/inf") for i, b in zip(batch_ids, bad, strict=True) if b]
-                done_ids += [i for i, b in zip(batch_ids, bad, strict=True) if not b]
+                bad = np.asarray(~np.isfinite(vectors).all(axis=1))  # (B,) rows with NaN/inf
+                flags = [bool(b) for b in bad]
+                missing += [(i, "encoder returned NaN/inf") for i, b in zip(batch_ids, flags, strict=True) if b]
+                done_ids += [i for i, b in zip(batch_ids, flags, strict=True) if not b]
                 chunks.append(vectors[~bad])
             bar.update(len(chunk))
     finally:

@@ -173,7 +173,7 @@ def _offline() -> Iterator[None]:
     constants = sys.modules.get("huggingface_hub.constants")
     saved_flag = getattr(constants, "HF_HUB_OFFLINE", None)
     if constants is not None:
-        constants.HF_HUB_OFFLINE = True
+        setattr(constants, "HF_HUB_OFFLINE", True)  # noqa: B010 (module attribute, read at call time)
     try:
         yield
     finally:
@@ -183,7 +183,10 @@ def _offline() -> Iterator[None]:
             else:
                 os.environ[k] = v
         if constants is not None:
-            constants.HF_HUB_OFFLINE = saved_flag
+            setattr(constants, "HF_HUB_OFFLINE", saved_flag)  # noqa: B010
+
+
+_DEFAULT_MAX_LENGTH: dict[tuple[str, str], int | None] = {}
 
 
 @functools.lru_cache(maxsize=2)
@@ -201,17 +204,18 @@ def load_text_model(name: str, device: str = "cpu") -> Any:
         raise EncoderError(f"text model {name!r} cannot be loaded ({one_line(exc, 200)}). "
                            f"Without internet use a local folder; local options: {options}") from exc
     model.eval()
-    model._sibrar_default_max_length = model.max_seq_length  # restored when a config says max_length=None
+    _DEFAULT_MAX_LENGTH[(name, device)] = model.max_seq_length  # restored when max_length is None
     return model
 
 
 def embed_texts(texts: Sequence[str], config: TextEncoderConfig = TextEncoderConfig(), *, device: str = "cpu") -> np.ndarray:
     """Vectors (len(texts), d) float32 for non-empty texts, in order."""
-    model = load_text_model(config.model, resolve_device(device))
+    device = resolve_device(device)
+    model = load_text_model(config.model, device)
     limit = _position_limit(model)
     if config.max_length is not None and limit is not None and config.max_length > limit:
         raise EncoderError(f"max_length {config.max_length} exceeds what {config.model!r} can read ({limit} tokens)")
-    model.max_seq_length = config.max_length or model._sibrar_default_max_length
+    model.max_seq_length = config.max_length or _DEFAULT_MAX_LENGTH[(config.model, device)]
     vectors = model.encode(list(texts), batch_size=config.batch_size, normalize_embeddings=config.normalize,
                            convert_to_numpy=True, show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32)  # (n, d)
@@ -281,6 +285,6 @@ def encode_text(
 
     return finish(target, entity, modality, done, vectors, missing, key=key, started=started, manifest={
         **settings, "encoder_version": version("sentence-transformers"), "device": device,
-        "max_length_used": int(model.max_seq_length), "config": asdict(config), "source": "columns",
+        "max_length_used": model.max_seq_length, "config": asdict(config), "source": "columns",
         "columns": template_fields(spec.template), "dataset": name,
     })

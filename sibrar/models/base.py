@@ -122,6 +122,7 @@ def register_model(name: str, config_cls: type) -> Callable[[type[Model]], type[
 def load_builtin_models() -> None:
     """Import the modules whose decorators fill MODELS."""
     import sibrar.models.sibrar  # noqa: F401
+    import sibrar.models.multibranch  # noqa: F401
     import sibrar.models.baselines  # noqa: F401
 
 

@@ -114,7 +114,7 @@ class Tower(nn.Module):
     def embed(self, entities: Tensor, view: SideView) -> Tensor:
         """Inference: mean of branch outputs over the eval modalities each entity may use under `view`."""
         names = list(view.modalities) if view.modalities is not None else self.eval_names
-        unknown = [m for m in names if m not in self.names]
+        unknown = [m for m in (*names, *view.missing) if m not in self.names]  # a typo must not pass as "no effect"
         if unknown:
             raise ConfigError(f"view names {self.entity} modality {unknown[0]!r}; this tower has {', '.join(self.names)}")
         cols = torch.tensor([self.names.index(m) for m in names], device=entities.device)

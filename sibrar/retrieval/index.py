@@ -18,23 +18,24 @@ import scipy.sparse as sp
 from sibrar.errors import ConfigError, RetrievalError
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
-_KINDS = get_args(IndexKind)
+MipsMethod = Literal["reduction", "native"]
 _FORMAT_VERSION = 1
-_FALLBACK_CHUNK = 256  # query rows per block in the brute-force fallback
 
 
 @dataclass(frozen=True, kw_only=True)
 class IndexConfig:
-    """How to index item embeddings; the ranking metric is always the inner product (MIPS).
+    """How to index item embeddings; ranking is by inner product (MIPS) unless ``normalize``.
 
-    ``flat`` is exact (``IndexFlatIP``). ``hnsw`` and ``ivf`` are approximate and work in L2
-    space: by default through the MIPS→L2 reduction (Bachrach et al. 2014: each item gets an
-    extra coordinate ``sqrt(M² − ‖x‖²)``, each query a 0, so L2 order = inner-product order), or,
-    with ``normalize=True``, on L2-normalised vectors (cosine, for any kind).
+    ``flat`` is exact (``IndexFlatIP``). For ``hnsw``/``ivf``, ``mips`` picks how inner products
+    are searched: ``"reduction"`` maps MIPS to L2 search (Bachrach et al. 2014: each item gets an
+    extra coordinate sqrt(M² − ‖x‖²), each query a 0, so L2 order = inner-product order);
+    ``"native"`` builds and searches faiss's graph / cells with the inner product itself
+    (ip-NSW, Morozov & Babenko 2018). ``normalize=True`` ranks by cosine instead (any kind).
     """
 
     kind: IndexKind = "flat"
     normalize: bool = False  # rank by cosine: L2-normalise items and queries (scores are cosines)
+    mips: MipsMethod = "reduction"  # hnsw/ivf only, ignored when normalize
     hnsw_m: int = 32  # HNSW graph degree (faiss M); about 8·M bytes per item on top of the vectors
     ef_construction: int = 80  # HNSW build beam: better graph vs slower build
     ef_search: int = 96  # HNSW search beam (max(ef_search, fetched k) is used): recall vs speed
@@ -44,21 +45,20 @@ class IndexConfig:
     threads: int | None = None  # faiss OpenMP threads (process-wide); None keeps faiss's default
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise ConfigError(f"retrieval.kind: unknown index kind {self.kind!r}; valid: {', '.join(_KINDS)}")
-        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe"):
+        for name, valid in (("kind", get_args(IndexKind)), ("mips", get_args(MipsMethod))):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"retrieval.{name}: unknown value {getattr(self, name)!r}; valid: {', '.join(valid)}")
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "threads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if (value is not None or name != "threads") and (type(value) is not int or value < 1):
                 raise ConfigError(f"retrieval.{name}: expected a positive integer, got {value!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"retrieval.threads: expected a positive integer or null, got {self.threads!r}")
         if not self.mips_headroom >= 1.0:
             raise ConfigError(f"retrieval.mips_headroom: expected a number >= 1.0, got {self.mips_headroom!r}")
 
     @property
     def uses_reduction(self) -> bool:
         """True when vectors carry the extra MIPS→L2 coordinate."""
-        return self.kind != "flat" and not self.normalize
+        return self.kind != "flat" and not self.normalize and self.mips == "reduction"
 
 
 class Hits(NamedTuple):
@@ -80,9 +80,7 @@ class ItemIndex:
         self._index = index
         self._item_ids = item_ids  # (I,) int64 id of each position
         self._sorter: np.ndarray | None = None  # lazily built argsort of _item_ids
-        self.config = config
-        self.dim = dim
-        self.fingerprint = fingerprint
+        self.config, self.dim, self.fingerprint = config, dim, fingerprint
         self._max_norm = max_norm  # the M of the MIPS reduction (0 when unused)
 
     @classmethod
@@ -93,13 +91,12 @@ class ItemIndex:
         item_emb = _check_matrix(item_emb, "item_emb", dim=None)
         n = item_emb.shape[0]
         ids = _check_ids(np.arange(n) if item_ids is None else item_ids, n, existing=None)
-        _set_threads(config)
         index, max_norm = _build_faiss(item_emb, config)
         return cls(index, ids, config, item_emb.shape[1], max_norm, fingerprint)
 
     @property
     def n_items(self) -> int:
-        return int(self._index.ntotal)
+        return len(self._item_ids)
 
     def ids(self, idx: np.ndarray) -> np.ndarray:
         """Positions → ids; -1 stays -1."""
@@ -134,10 +131,9 @@ class ItemIndex:
         Otherwise new items are appended; IVF centroids are not retrained.
         """
         new_item_emb = _check_matrix(new_item_emb, "new_item_emb", dim=self.dim)
-        n_new = new_item_emb.shape[0]
-        new_ids = np.arange(self.n_items, self.n_items + n_new) if new_ids is None else new_ids
-        ids = _check_ids(new_ids, n_new, existing=self._item_ids)
-        _set_threads(self.config)
+        n, n_new = self.n_items, new_item_emb.shape[0]
+        ids = _check_ids(np.arange(n, n + n_new) if new_ids is None else new_ids, n_new, existing=self._item_ids)
+        _apply_search_params(self._index, self.config)
         if self.config.uses_reduction and _norms(new_item_emb).max(initial=0.0) > self._max_norm:
             old = self._index.reconstruct_n(0, self.n_items)[:, : self.dim]
             self._index, self._max_norm = _build_faiss(np.concatenate([old, new_item_emb]), self.config)
@@ -159,7 +155,7 @@ class ItemIndex:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n_items:
             raise RetrievalError(f"k must be an integer in [1, n_items={self.n_items}], got {k!r}")
         k = int(k)
-        _set_threads(self.config)
+        _apply_search_params(self._index, self.config)
         keys, counts = _exclusion_keys(exclude, query.shape[0], self.n_items)
         q_stored = _to_stored(query, self.config, 0.0, is_query=True)  # (Q, d')
         top, n_valid = self._filtered_search(q_stored, k, keys, counts)
@@ -174,12 +170,14 @@ class ItemIndex:
     def _filtered_search(self, q_stored: np.ndarray, k: int, keys: np.ndarray,
                          counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fetch k + (row's excluded count) candidates, grouped by power-of-two sizes, and filter."""
+        if not keys.size:  # the common case: nothing to filter
+            cand = self._index.search(q_stored, k)[1].astype(np.int64, copy=False)
+            return cand, (cand >= 0).sum(axis=1)
         n_query, n = q_stored.shape[0], self.n_items
         top = np.full((n_query, k), -1, dtype=np.int64)
         n_valid = np.zeros(n_query, dtype=np.int64)
         need = k + counts  # with `need` real candidates at least k survive the filter
         fetch = np.minimum(n, 1 << np.ceil(np.log2(need)).astype(np.int64))  # >= k since k <= n
-        fetch[counts == 0] = k
         for size in np.unique(fetch):
             rows = np.flatnonzero(fetch == size)
             _, cand = self._index.search(q_stored[rows], int(size))
@@ -193,8 +191,8 @@ class ItemIndex:
         mine = keys[np.isin(keys // n, rows)]
         key_row, key_col = np.searchsorted(rows, mine // n), mine % n  # rows is sorted
         out = np.empty((rows.size, k), dtype=np.int64)
-        for start in range(0, rows.size, _FALLBACK_CHUNK):  # blocks bound memory to chunk × I floats
-            stop = start + _FALLBACK_CHUNK
+        for start in range(0, rows.size, 256):  # blocks of rows bound memory to 256 × I floats
+            stop = start + 256
             scores = q_stored[start:stop] @ stored.T  # (R, I)
             in_block = (key_row >= start) & (key_row < stop)
             scores[key_row[in_block] - start, key_col[in_block]] = -np.inf
@@ -271,8 +269,7 @@ def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray, k: int) -> float:
     if approx.shape[0] != exact.shape[0]:
         raise RetrievalError(f"recall_at_k: {approx.shape[0]} approximate rows vs {exact.shape[0]} exact rows")
     match = (approx[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)  # (Q, k, k)
-    found = match.any(axis=1).sum(axis=1)
-    total = (exact >= 0).sum(axis=1)
+    found, total = match.any(axis=1).sum(axis=1), (exact >= 0).sum(axis=1)
     return float(np.mean(np.where(total > 0, found / np.maximum(total, 1), 1.0)))
 
 
@@ -326,18 +323,23 @@ def _to_stored(x: np.ndarray, config: IndexConfig, max_norm: float, is_query: bo
 
 def _build_faiss(item_emb: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, float]:
     """A filled faiss index for ``item_emb`` and the reduction's M (0 when unused)."""
+    if config.threads is not None:
+        faiss.omp_set_num_threads(config.threads)
     max_norm = float(_norms(item_emb).max()) * config.mips_headroom if config.uses_reduction else 0.0
     stored = _to_stored(item_emb, config, max_norm)
     dim = stored.shape[1]
-    # normalised vectors rank the same under IP and L2; L2 keeps one code path for hnsw/ivf
+    # normalised vectors rank the same under IP and L2; only "native" MIPS searches with IP
+    ip = not config.normalize and config.mips == "native"
+    metric = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
     if config.kind == "flat":
         index: faiss.Index = faiss.IndexFlatIP(dim)
     elif config.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_L2)
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, metric)
         index.hnsw.efConstruction = config.ef_construction
     else:
         nlist = max(1, min(config.nlist, stored.shape[0] // 39))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
+        quantizer = faiss.IndexFlatIP(dim) if ip else faiss.IndexFlatL2(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
         index.train(stored)
     index.add(stored)
     if config.kind == "ivf":
@@ -347,15 +349,13 @@ def _build_faiss(item_emb: np.ndarray, config: IndexConfig) -> tuple[faiss.Index
 
 
 def _apply_search_params(index: faiss.Index, config: IndexConfig) -> None:
+    """Set the run-time knobs: faiss threads (process-wide), ef_search, nprobe."""
+    if config.threads is not None:
+        faiss.omp_set_num_threads(config.threads)
     if config.kind == "hnsw":
         index.hnsw.efSearch = config.ef_search
     elif config.kind == "ivf":
         index.nprobe = config.nprobe
-
-
-def _set_threads(config: IndexConfig) -> None:
-    if config.threads is not None:
-        faiss.omp_set_num_threads(config.threads)
 
 
 def _exclusion_keys(exclude: sp.spmatrix | sp.sparray | list[np.ndarray] | None, n_query: int,

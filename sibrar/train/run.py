@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+import yaml
 
 from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
 from sibrar.config import RunConfig, dump_yaml, load_yaml, parse_run_config
@@ -51,7 +52,7 @@ class RunResult:
 
 def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
     """Load, preprocess and split the data of a config (cached by data+split config when given)."""
-    key = (config.data, config.split)
+    key = dump_yaml({"data": config.data, "split": config.split})
     if cache is not None and key in cache:
         dataset, split, inputs = cache[key]
     else:
@@ -86,8 +87,11 @@ def _write_header(run_dir: Path, config: RunConfig, prep: Prepared, resume: bool
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     text = dump_yaml(config)
-    if resume and saved.is_file() and saved.read_text(encoding="utf-8") != text:
-        raise ConfigError(f"{saved}: the run was started with a different config; resume with the same one")
+    if resume and saved.is_file():
+        differs = _config_difference(load_yaml(saved), yaml.safe_load(text))
+        if differs:
+            raise ConfigError(f"{saved}: the run was started with a different config ({differs} differs); resume with "
+                              f"the same one (only {', '.join(f'train.{k}' for k in RESUMABLE_CHANGES)} may change)")
     write_text_atomic(saved, text)
     write_json_atomic(run_dir / "split.json", prep.split.manifest)
     write_json_atomic(run_dir / "manifest.json", {
@@ -101,6 +105,23 @@ def _write_header(run_dir: Path, config: RunConfig, prep: Prepared, resume: bool
         "versions": {"sibrar": _version(), "torch": torch.__version__, "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
+
+
+RESUMABLE_CHANGES = ("epochs", "device")  # a resumed run may train longer, or elsewhere; nothing else
+
+
+def _config_difference(old: Any, new: Any, where: str = "") -> str | None:
+    """The dotted path of the first difference between two config dicts, ignoring RESUMABLE_CHANGES."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in dict.fromkeys([*old, *new]):
+            path = f"{where}.{key}" if where else str(key)
+            if where == "train" and key in RESUMABLE_CHANGES:
+                continue
+            found = _config_difference(old.get(key), new.get(key), path)
+            if found:
+                return found
+        return None
+    return None if old == new else (where or "config")
 
 
 def _write_results(run_dir: Path, model: Model, result: TrainResult, valid: EvalResult, test: EvalResult) -> None:

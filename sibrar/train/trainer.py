@@ -17,10 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from sibrar._io import atomic_write
+from sibrar._malloc import tune_malloc
 from sibrar.config import EvalConfig, TrainConfig
 from sibrar.data.inputs import ModelInputs
 from sibrar.data.splits import Split
-from sibrar.errors import TrainingError
+from sibrar.errors import ConfigError, TrainingError
 from sibrar.eval.evaluator import evaluate
 from sibrar.models.base import Batch, Model
 from sibrar.train.sampler import interaction_keys, sample_negatives
@@ -56,6 +57,7 @@ class Trainer:
     def __init__(self, model: Model, inputs: ModelInputs, split: Split, config: TrainConfig = TrainConfig(),
                  eval_config: EvalConfig = EvalConfig(), *, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), progress: bool = True) -> None:
+        tune_malloc()
         self.model, self.inputs, self.split = model, inputs, split
         self.config, self.eval_config = config, eval_config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -127,6 +129,7 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_epoch_end(-1, logs)
         stopped = False
+        started = time.perf_counter()
         epochs = cfg.epochs if self.model.trainable else 0
         bar = tqdm(range(start, epochs), desc="training", disable=not self.progress, unit="epoch", initial=start, total=epochs)
         for epoch in bar:
@@ -148,6 +151,9 @@ class Trainer:
             if bad >= cfg.patience and epoch + 1 >= cfg.min_epochs:
                 stopped = True
                 break
+            if cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s:
+                logs["time_limit_reached"] = 1.0
+                break
         self._restore_best()
         result = TrainResult(best_epoch, best_value, history, stopped)
         for cb in self.callbacks:
@@ -158,7 +164,7 @@ class Trainer:
     def _check_monitor(logs: dict[str, float], monitor: str) -> None:
         if monitor not in logs:
             valid = sorted(k.removeprefix("valid/") for k in logs if k.startswith("valid/"))
-            raise TrainingError(f"train.monitor {monitor.removeprefix('valid/')!r} is not computed; choose one of {', '.join(valid)}")
+            raise ConfigError(f"train.monitor {monitor.removeprefix('valid/')!r} is not computed; choose one of {', '.join(valid)}")
 
     # ------------------------------------------------------------------------------ checkpoints
 

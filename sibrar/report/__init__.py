@@ -1,0 +1,1 @@
+"""Report folders: comparison tables, plots and a one-page markdown summary."""
