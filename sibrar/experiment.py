@@ -8,7 +8,6 @@ modality `views` evaluated on test without retraining. `run_experiment` trains e
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +96,10 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
         if not k.isdigit() or int(k) not in first.eval.ks:
             raise ConfigError(f"{where}: table_metrics entry {key!r}: expected METRIC@K with K in eval.ks {list(first.eval.ks)}")
     views = tuple(str(v) for v in raw.get("views") or ())
+    from sibrar.eval.evaluator import parse_view
+
+    for view in views:  # syntax only here; modality names are checked against each trained model
+        parse_view(view, 1, 1)
     return Experiment(str(raw.get("name") or default_name), tuple(specs), views, table, where)
 
 
@@ -110,8 +113,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = True,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate every model on the shared split; write the report folder."""
-    from sibrar.commands.train import parse_view
-    from sibrar.eval.evaluator import evaluate
+    from sibrar.eval.evaluator import evaluate, parse_view
     from sibrar.train.run import prepare, train_run
 
     out = Path(out)
@@ -159,8 +161,3 @@ def significance(outcomes: Sequence[ModelOutcome], metric: str) -> str | None:
 
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-
-
-def with_overrides(config: RunConfig, **sections: Mapping[str, Any]) -> RunConfig:
-    """Copy of `config` with fields of some sections replaced (e.g. train={'epochs': 3})."""
-    return dataclasses.replace(config, **{k: dataclasses.replace(getattr(config, k), **v) for k, v in sections.items()})

@@ -156,3 +156,14 @@ def synthetic_shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     before = _fingerprint(folder)
     yield folder
     assert _fingerprint(folder) == before, f"a test modified the shared synthetic folder {folder}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Test tensors are tiny: one intra-op thread is ~10x faster than two on a busy 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +60,6 @@ def with_model(prep: Prepared, model: dict[str, Any], **train: Any) -> Prepared:
     return Prepared(config, prep.dataset, prep.split, prep.inputs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Intra-op threads fight each other on a shared 2-core box (5x slower): one thread here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -17,12 +16,6 @@ from sibrar.config import load_run_config
 RUN_FILES = ("config.yaml", "manifest.json", "split.json", "history.csv", "metrics.json", "per_user.parquet", "model.pt")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config_file(folder: Path, dataset: Path, **sections: dict) -> Path:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from sibrar.config import (
@@ -26,12 +24,6 @@ from sibrar.models.sibrar import SiBraRConfig
 from sibrar.train.run import prepare, train_run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_yaml(path: Path, data: dict) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,6 @@ from sibrar.train.run import Prepared, RunResult, prepare, train_run
 from sibrar.train.trainer import BEST, LAST, Callback
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is ~10x faster than two on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_planted(folder: Path, rng: np.random.Generator, *, n_users: int = 80, n_items: int = 60, n_groups: int = 4,

@@ -51,7 +51,8 @@ def _demo(args: argparse.Namespace) -> int:
     folder = fetch("ml-100k", args.root)
     print(f"      {folder}")
     print("[2/3] text modality: MiniLM embedding of 'title (year). Genres: ...' (sibrar encode text) ...")
-    encode_text(folder, template="{movie_title} ({release_year}). Genres: {genres}.", entity="item", modality="text")
+    encode_text(folder, template="{movie_title} ({release_year}). Genres: {genres}.", join={"movie_title": " "},
+                entity="item", modality="text", progress=not args.no_progress)
     overrides = [*args.overrides, f"base.data.dataset={folder}"]
     experiment = load_experiment(DEMO_CONFIG, overrides)
     print(f"[3/3] training {len(experiment.models)} models on the cold-item split ...")

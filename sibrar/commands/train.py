@@ -52,28 +52,10 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_view(spec: str, n_users: int, n_items: int, seed: int = 0):  # type: ignore[no-untyped-def]
-    """'item:genres+text' -> subset view; 'item:-text@0.7' -> 70 % of items lack text."""
-    from sibrar.errors import ConfigError
-    from sibrar.eval.evaluator import missing_view, subset_view
-
-    side, sep, rest = spec.partition(":")
-    if not sep or side not in ("user", "item") or not rest:
-        raise ConfigError(f"--view {spec!r}: expected 'item:MOD+MOD' or 'item:-MOD@FRACTION' (or user:…)")
-    if rest.startswith("-"):
-        modality, _, frac = rest[1:].partition("@")
-        try:
-            fraction = float(frac) if frac else 1.0
-        except ValueError:
-            raise ConfigError(f"--view {spec!r}: fraction {frac!r} is not a number in [0, 1]") from None
-        return missing_view(n_items if side == "item" else n_users, modality, fraction, side=side, seed=seed)  # type: ignore[arg-type]
-    return subset_view(tuple(rest.split("+")), side)  # type: ignore[arg-type]
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from sibrar.eval.evaluator import evaluate
+    from sibrar.eval.evaluator import evaluate, parse_view
     from sibrar.models.base import FULL_VIEW
     from sibrar.train.run import load_run
 

@@ -3,6 +3,7 @@ training part, numeric modalities scaled on training entities only. Built once, 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,10 @@ def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -
     r, c = key // shape[1], key % shape[1]
     crow = np.zeros(shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(r, minlength=shape[0]), out=crow[1:])
-    return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(c), torch.ones(len(c)), size=shape)
+    with warnings.catch_warnings():  # torch labels sparse CSR "beta"; the ops used here are stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(c), torch.ones(len(c)), size=shape,
+                                       check_invariants=False)
 
 
 def build_inputs(dataset: Dataset, split: Split) -> ModelInputs:

@@ -12,7 +12,7 @@ import torch
 from sibrar.config import EvalConfig
 from sibrar.data.inputs import ModelInputs
 from sibrar.data.splits import Part, Split
-from sibrar.errors import SplitError
+from sibrar.errors import ConfigError, SplitError
 from sibrar.eval.metrics import compute_metrics
 from sibrar.eval.ranking import topk_items
 from sibrar.models.base import FULL_VIEW, Model, SideView, View
@@ -115,3 +115,18 @@ def subset_view(modalities: tuple[str, ...], side: Literal["user", "item"] = "it
     """A view where one side uses only `modalities`."""
     name = f"{side}:{'+'.join(modalities)}"
     return View(item=SideView(modalities=modalities), name=name) if side == "item" else View(user=SideView(modalities=modalities), name=name)
+
+
+def parse_view(spec: str, n_users: int, n_items: int, seed: int = 0) -> View:
+    """'item:genres+text' -> only those item modalities; 'item:-text@0.7' -> 70 % of items lack text."""
+    side, sep, rest = spec.partition(":")
+    if not sep or side not in ("user", "item") or not rest:
+        raise ConfigError(f"view {spec!r}: expected 'item:MOD+MOD' or 'item:-MOD@FRACTION' (or user:…)")
+    if rest.startswith("-"):
+        modality, _, frac = rest[1:].partition("@")
+        try:
+            fraction = float(frac) if frac else 1.0
+        except ValueError:
+            raise ConfigError(f"view {spec!r}: fraction {frac!r} is not a number in [0, 1]") from None
+        return missing_view(n_items if side == "item" else n_users, modality, fraction, side=side, seed=seed)  # type: ignore[arg-type]
+    return subset_view(tuple(rest.split("+")), side)  # type: ignore[arg-type]

@@ -35,9 +35,9 @@ class IndexConfig:
 
     kind: IndexKind = "flat"
     normalize: bool = False  # rank by cosine: L2-normalise items and queries (scores are cosines)
-    mips: MipsMethod = "reduction"  # hnsw/ivf only, ignored when normalize
+    mips: MipsMethod = "native"  # hnsw/ivf only, ignored when normalize; see benchmarks/ for why
     hnsw_m: int = 32  # HNSW graph degree (faiss M); about 8·M bytes per item on top of the vectors
-    ef_construction: int = 80  # HNSW build beam: better graph vs slower build
+    ef_construction: int = 128  # HNSW build beam: better graph vs slower build
     ef_search: int = 96  # HNSW search beam (max(ef_search, fetched k) is used): recall vs speed
     nlist: int = 1024  # IVF cells; capped at n_items // 39 so k-means has 39 points per centroid
     nprobe: int = 32  # IVF cells visited per query: recall vs speed
@@ -146,9 +146,9 @@ class ItemIndex:
                exclude: sp.spmatrix | sp.sparray | list[np.ndarray] | None = None) -> Hits:
         """Top-k items by inner product for each query row (Q, d).
 
-        ``exclude`` lists, per query row, item positions never to return (e.g. the user's
-        training items), as a CSR matrix (Q, ≤ n_items) or a list of Q integer arrays. Each row
-        gets k items whenever k non-excluded items exist, else is padded with -1 / -inf.
+        ``exclude`` lists, per query row, item positions never to return (e.g. the user's training
+        items): a sparse matrix (Q, ≤ n_items; stored entries count) or a list of Q integer arrays.
+        Each row gets k items whenever k non-excluded items exist, else is padded with -1 / -inf.
         Scores are recomputed exactly from the stored vectors and rows re-sorted by them.
         """
         query = _check_matrix(query, "query", dim=self.dim)
@@ -276,7 +276,7 @@ def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray, k: int) -> float:
 def _check_matrix(x: np.ndarray, name: str, dim: int | None) -> np.ndarray:
     """Validate a (rows, d) finite real matrix and return it as C-contiguous float32."""
     x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.number):
+    if x.ndim != 2 or 0 in x.shape or not np.issubdtype(x.dtype, np.number):
         raise RetrievalError(f"{name}: expected a non-empty 2-D numeric array (rows, d), got shape "
                              f"{x.shape} dtype {x.dtype}")
     if dim is not None and x.shape[1] != dim:

@@ -66,8 +66,8 @@ class Trainer:
         self.device = torch.device(config.device)
         self.model.to(self.device)
         train = split.train
-        self.users = torch.from_numpy(train["user_idx"].to_numpy()).to(self.device)
-        self.pos_items = torch.from_numpy(train["item_idx"].to_numpy()).to(self.device)
+        self.users = torch.as_tensor(train["user_idx"].to_numpy(writable=True), device=self.device)
+        self.pos_items = torch.as_tensor(train["item_idx"].to_numpy(writable=True), device=self.device)
         self.keys = interaction_keys(self.users, self.pos_items, inputs.n_items)
         self.candidates = inputs.train_items.to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]

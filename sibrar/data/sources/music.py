@@ -5,11 +5,10 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
