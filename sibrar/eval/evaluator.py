@@ -121,7 +121,7 @@ def parse_view(spec: str, n_users: int, n_items: int, seed: int = 0) -> View:
     """'item:genres+text' -> only those item modalities; 'item:-text@0.7' -> 70 % of items lack text."""
     side, sep, rest = spec.partition(":")
     if not sep or side not in ("user", "item") or not rest:
-        raise ConfigError(f"view {spec!r}: expected 'item:MOD+MOD' or 'item:-MOD@FRACTION' (or user:…)")
+        raise ConfigError(f"view {spec!r} (--view, or an experiment's views): expected 'item:MOD+MOD' or 'item:-MOD@FRACTION' (or user:…)")
     if rest.startswith("-"):
         modality, _, frac = rest[1:].partition("@")
         try:
