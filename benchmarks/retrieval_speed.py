@@ -107,8 +107,10 @@ def measure(kind: str, config: IndexConfig, items: np.ndarray, queries: np.ndarr
     with tempfile.TemporaryDirectory() as tmp:
         size = dir_mb(index.save(Path(tmp) / "index"))
     params = {"flat": "exact IndexFlatIP",
-              "hnsw": f"{config.mips}, M={config.hnsw_m} efC={config.ef_construction} efS={config.ef_search}",
-              "ivf": f"{config.mips}, nlist={min(config.nlist, len(items) // 39)} nprobe={config.nprobe}"}[kind]
+              "hnsw": f"{config.mips} {config.storage}, M={config.hnsw_m} efC={config.ef_construction} "
+                      f"efS={config.ef_search}",
+              "ivf": f"{config.mips} {config.storage}, nlist={min(config.nlist, len(items) // 39)} "
+                     f"nprobe={config.nprobe}"}[kind]
     row = Row(kind, params, build_s, *(np.percentile(lat, [50, 99]) * 1e3), len(queries) / batch_s,
               recall_at_k(hits.ids, exact, K), size, peak)
     return row, index, hits.ids
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="faiss threads (default: all cores)")
     parser.add_argument("--mips", choices=["reduction", "native"], default=IndexConfig().mips,
                         help="how hnsw/ivf search inner products (default: IndexConfig's)")
+    parser.add_argument("--storage", choices=["float32", "sq8"], default=IndexConfig().storage,
+                        help="hnsw/ivf vector codes (default: IndexConfig's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="batched timings: best of this many")
     args = parser.parse_args(argv)
@@ -189,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     configs = {"flat": IndexConfig(kind="flat", threads=args.threads),
-               "hnsw": IndexConfig(kind="hnsw", mips=args.mips, threads=args.threads),
-               "ivf": IndexConfig(kind="ivf", mips=args.mips, threads=args.threads)}
+               "hnsw": IndexConfig(kind="hnsw", mips=args.mips, storage=args.storage, threads=args.threads),
+               "ivf": IndexConfig(kind="ivf", mips=args.mips, storage=args.storage, threads=args.threads)}
     rows: list[Row] = []
     sweeps: dict[str, list[tuple[int, float, float]]] = {}
     exact_idx = None

@@ -12,19 +12,19 @@ from sibrar.errors import ConfigError, RetrievalError
 from sibrar.retrieval import IndexConfig, ItemIndex, recall_at_k
 
 N_ITEMS, DIM, N_QUERY = 2000, 16, 50
+HNSW = {"hnsw_m": 32, "ef_construction": 80, "ef_search": 128}
 ANN_CONFIGS = {
-    "hnsw-reduction": IndexConfig(kind="hnsw", mips="reduction", hnsw_m=32, ef_construction=80, ef_search=128),
-    "hnsw-native": IndexConfig(kind="hnsw", mips="native", hnsw_m=32, ef_construction=80, ef_search=128),
-    "hnsw-cosine": IndexConfig(kind="hnsw", normalize=True, ef_search=128),
-    "ivf-reduction": IndexConfig(kind="ivf", mips="reduction", nlist=16, nprobe=8),
-    "ivf-native": IndexConfig(kind="ivf", mips="native", nlist=16, nprobe=8),
+    "hnsw-reduction": IndexConfig(kind="hnsw", mips="reduction", storage="float32", **HNSW),
+    "hnsw-native": IndexConfig(kind="hnsw", mips="native", storage="float32", **HNSW),
+    "hnsw-native-sq8": IndexConfig(kind="hnsw", mips="native", storage="sq8", **HNSW),
+    "hnsw-reduction-sq8": IndexConfig(kind="hnsw", mips="reduction", storage="sq8", **HNSW),
+    "hnsw-cosine-sq8": IndexConfig(kind="hnsw", normalize=True, storage="sq8", **HNSW),
+    "ivf-reduction": IndexConfig(kind="ivf", mips="reduction", storage="float32", nlist=16, nprobe=8),
+    "ivf-native-sq8": IndexConfig(kind="ivf", mips="native", storage="sq8", nlist=16, nprobe=8),
 }
-ALL_CONFIGS = {"flat": IndexConfig(kind="flat"), **ANN_CONFIGS}
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(20240607)
+# behaviour tests run on flat plus one index per code path (reduction / native / cosine × float32 / sq8)
+ALL_CONFIGS = {"flat": IndexConfig(kind="flat"), **{name: ANN_CONFIGS[name] for name in (
+    "hnsw-reduction", "hnsw-native-sq8", "hnsw-cosine-sq8", "ivf-reduction", "ivf-native-sq8")}}
 
 
 def make_embeddings(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
@@ -54,16 +54,18 @@ def test_flat_search_equals_numpy_topk(data: tuple[np.ndarray, np.ndarray]) -> N
     np.testing.assert_allclose(hits.scores, np.take_along_axis(query @ items.T, expected, 1), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["hnsw-reduction", "hnsw-native", "ivf-reduction", "ivf-native"])
+@pytest.mark.parametrize("name", ["hnsw-reduction", "hnsw-native", "hnsw-native-sq8", "ivf-reduction",
+                                  "ivf-native-sq8"])
 def test_ann_recall_at_10_is_high_under_mips(name: str, data: tuple[np.ndarray, np.ndarray]) -> None:
     items, query = data
     hits = ItemIndex.build(items, config=ANN_CONFIGS[name]).search(query, 10)
     assert recall_at_k(hits.ids, numpy_topk(query, items, 10), 10) >= 0.9
 
 
-def test_ann_scores_are_exact_inner_products_sorted(data: tuple[np.ndarray, np.ndarray]) -> None:
+@pytest.mark.parametrize("name", ["hnsw-reduction", "hnsw-native-sq8", "ivf-native-sq8"])
+def test_ann_scores_are_exact_inner_products_sorted(name: str, data: tuple[np.ndarray, np.ndarray]) -> None:
     items, query = data
-    hits = ItemIndex.build(items, config=ANN_CONFIGS["hnsw-reduction"]).search(query, 10)
+    hits = ItemIndex.build(items, config=ANN_CONFIGS[name]).search(query, 10)
     exact = np.einsum("qkd,qd->qk", items[hits.ids], query)
     np.testing.assert_allclose(hits.scores, exact, rtol=1e-5, atol=1e-5)
     assert (np.diff(hits.scores, axis=1) <= 0).all()
@@ -119,7 +121,8 @@ def test_exhausted_ann_rows_fall_back_to_exact(data: tuple[np.ndarray, np.ndarra
 def test_added_items_are_searchable(name: str, data: tuple[np.ndarray, np.ndarray],
                                     rng: np.random.Generator) -> None:
     items, query = data
-    index = ItemIndex.build(items, item_ids=np.arange(N_ITEMS) + 1000, config=ALL_CONFIGS[name])
+    ids = np.arange(N_ITEMS) + 1000
+    index = ItemIndex.build(items, item_ids=ids, config=ALL_CONFIGS[name])
     # new items: query rows scaled past the largest item norm, so each is its row's best match
     new = 1.2 * query[:5] * np.linalg.norm(items, axis=1).max() / np.linalg.norm(query[:5], axis=1)[:, None]
     index.add(new.astype(np.float32), new_ids=np.arange(5) + 10)
@@ -132,7 +135,8 @@ def test_added_items_are_searchable(name: str, data: tuple[np.ndarray, np.ndarra
         every = every / np.linalg.norm(every, axis=1, keepdims=True)
     expected = numpy_topk(query, every, 10)
     # loose band: the new items are norm outliers, the hardest case for graph search under MIPS
-    assert recall_at_k(index.idx(everything.ids), expected, 10) >= 0.8
+    all_ids = np.concatenate([ids, np.arange(5) + 10])
+    assert recall_at_k(everything.ids, all_ids[expected], 10) >= 0.8
 
 
 def test_add_rejects_duplicate_ids(data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -210,14 +214,13 @@ def test_bad_config_raises() -> None:
         IndexConfig(kind="hnsw", ef_search=0)
     with pytest.raises(ConfigError, match="valid: reduction, native"):
         IndexConfig(kind="hnsw", mips="cosine")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="valid: float32, sq8"):
+        IndexConfig(kind="hnsw", storage="pq")  # type: ignore[arg-type]
 
 
-def test_ids_and_idx_are_inverse(data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_ids_map_positions_and_keep_padding(data: tuple[np.ndarray, np.ndarray]) -> None:
     index = ItemIndex.build(data[0], item_ids=np.arange(N_ITEMS)[::-1] * 3)
-    idx = np.array([0, 5, 1999])
-    np.testing.assert_array_equal(index.idx(index.ids(idx)), idx)
-    with pytest.raises(RetrievalError, match="unknown item id 1"):
-        index.idx(np.array([1]))
+    np.testing.assert_array_equal(index.ids(np.array([0, 5, -1])), [3 * (N_ITEMS - 1), 3 * (N_ITEMS - 6), -1])
 
 
 def test_recall_at_k_counts_overlap() -> None:

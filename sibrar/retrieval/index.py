@@ -19,6 +19,7 @@ from sibrar.errors import ConfigError, RetrievalError
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 MipsMethod = Literal["reduction", "native"]
+Storage = Literal["float32", "sq8"]
 _FORMAT_VERSION = 1
 
 
@@ -26,44 +27,45 @@ _FORMAT_VERSION = 1
 class IndexConfig:
     """How to index item embeddings; ranking is by inner product (MIPS) unless ``normalize``.
 
-    ``flat`` is exact (``IndexFlatIP``). For ``hnsw``/``ivf``, ``mips`` picks how inner products
-    are searched: ``"reduction"`` maps MIPS to L2 search (Bachrach et al. 2014: each item gets an
-    extra coordinate sqrt(M² − ‖x‖²), each query a 0, so L2 order = inner-product order);
-    ``"native"`` builds and searches faiss's graph / cells with the inner product itself
-    (ip-NSW, Morozov & Babenko 2018). ``normalize=True`` ranks by cosine instead (any kind).
+    ``flat`` is exact (``IndexFlatIP``). For ``hnsw``/``ivf``, ``mips="reduction"`` maps MIPS to L2
+    search (Bachrach et al. 2014: items get an extra coordinate sqrt(M² − ‖x‖²), queries a 0, so
+    L2 order = inner-product order); ``"native"`` builds and searches faiss's graph / cells with the
+    inner product itself (ip-NSW, Morozov & Babenko 2018). ``storage="sq8"`` keeps 8-bit codes in
+    the ANN index (less memory traffic) and a float32 copy that reranks 2k candidates exactly.
     """
 
     kind: IndexKind = "flat"
     normalize: bool = False  # rank by cosine: L2-normalise items and queries (scores are cosines)
-    mips: MipsMethod = "native"  # hnsw/ivf only, ignored when normalize; see benchmarks/ for why
+    mips: MipsMethod = "native"  # hnsw/ivf; native beat the reduction on recall (retrieval_speed.py)
+    storage: Storage = "sq8"  # hnsw/ivf codes; sq8 ~1.4× faster at equal recall there; flat is float32
     hnsw_m: int = 32  # HNSW graph degree (faiss M); about 8·M bytes per item on top of the vectors
     ef_construction: int = 128  # HNSW build beam: better graph vs slower build
     ef_search: int = 96  # HNSW search beam (max(ef_search, fetched k) is used): recall vs speed
     nlist: int = 1024  # IVF cells; capped at n_items // 39 so k-means has 39 points per centroid
     nprobe: int = 32  # IVF cells visited per query: recall vs speed
-    mips_headroom: float = 1.0  # reduction M = headroom × max item norm; > 1 spares add() rebuilds
     threads: int | None = None  # faiss OpenMP threads (process-wide); None keeps faiss's default
 
     def __post_init__(self) -> None:
-        for name, valid in (("kind", get_args(IndexKind)), ("mips", get_args(MipsMethod))):
+        for name, valid in (("kind", get_args(IndexKind)), ("mips", get_args(MipsMethod)),
+                            ("storage", get_args(Storage))):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"retrieval.{name}: unknown value {getattr(self, name)!r}; valid: {', '.join(valid)}")
         for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "threads"):
             value = getattr(self, name)
             if (value is not None or name != "threads") and (type(value) is not int or value < 1):
                 raise ConfigError(f"retrieval.{name}: expected a positive integer, got {value!r}")
-        if not self.mips_headroom >= 1.0:
-            raise ConfigError(f"retrieval.mips_headroom: expected a number >= 1.0, got {self.mips_headroom!r}")
 
     @property
-    def uses_reduction(self) -> bool:
-        """True when vectors carry the extra MIPS→L2 coordinate."""
+    def uses_reduction(self) -> bool:  # vectors carry the extra MIPS→L2 coordinate
         return self.kind != "flat" and not self.normalize and self.mips == "reduction"
+
+    @property
+    def lossy(self) -> bool:  # faiss holds quantised codes; exact vectors are kept beside it
+        return self.kind != "flat" and self.storage == "sq8"
 
 
 class Hits(NamedTuple):
     """Top-k results, best first. Rows with fewer than k candidates are padded with -1 / -inf."""
-
     ids: np.ndarray  # (Q, k) int64 item ids (= positions when the index was built without ids)
     scores: np.ndarray  # (Q, k) float32 exact inner products (cosines when normalize=True)
 
@@ -75,13 +77,13 @@ class ItemIndex:
     (``item_ids``, or the position itself). ``exclude`` in :meth:`search` is given in positions.
     """
 
-    def __init__(self, index: faiss.Index, item_ids: np.ndarray, config: IndexConfig,
-                 dim: int, max_norm: float, fingerprint: str) -> None:
+    def __init__(self, index: faiss.Index, item_ids: np.ndarray, config: IndexConfig, dim: int,
+                 max_norm: float, fingerprint: str, exact: np.ndarray | None) -> None:
         self._index = index
         self._item_ids = item_ids  # (I,) int64 id of each position
-        self._sorter: np.ndarray | None = None  # lazily built argsort of _item_ids
         self.config, self.dim, self.fingerprint = config, dim, fingerprint
         self._max_norm = max_norm  # the M of the MIPS reduction (0 when unused)
+        self._exact = exact  # (I, d) float32 metric-space vectors when the index is lossy, else None
 
     @classmethod
     def build(cls, item_emb: np.ndarray, item_ids: np.ndarray | None = None,
@@ -92,7 +94,8 @@ class ItemIndex:
         n = item_emb.shape[0]
         ids = _check_ids(np.arange(n) if item_ids is None else item_ids, n, existing=None)
         index, max_norm = _build_faiss(item_emb, config)
-        return cls(index, ids, config, item_emb.shape[1], max_norm, fingerprint)
+        exact = _metric_space(item_emb, config) if config.lossy else None
+        return cls(index, ids, config, item_emb.shape[1], max_norm, fingerprint, exact)
 
     @property
     def n_items(self) -> int:
@@ -103,19 +106,6 @@ class ItemIndex:
         idx = np.asarray(idx, dtype=np.int64)
         return np.where(idx >= 0, self._item_ids[np.maximum(idx, 0)], -1)
 
-    def idx(self, ids: np.ndarray) -> np.ndarray:
-        """Ids → positions; raises RetrievalError naming the first unknown id."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if self._sorter is None:
-            self._sorter = np.argsort(self._item_ids, kind="stable")
-        found = np.searchsorted(self._item_ids, ids, sorter=self._sorter)
-        pos = self._sorter[np.minimum(found, self.n_items - 1)]
-        bad = self._item_ids[pos] != ids
-        if bad.any():
-            raise RetrievalError(f"unknown item id {int(ids[bad][0])} ({int(bad.sum())} unknown in all); "
-                                 f"the index holds {self.n_items} items")
-        return pos.astype(np.int64)
-
     def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Change the query-time recall/speed knobs without rebuilding."""
         changes = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe)) if v is not None}
@@ -125,22 +115,23 @@ class ItemIndex:
     def add(self, new_item_emb: np.ndarray, new_ids: np.ndarray | None = None) -> None:
         """Append items (ids default to their positions); they are searchable at once.
 
-        With the MIPS reduction, a new item whose norm exceeds M (headroom × the largest norm
-        indexed so far) would break the L2 ↔ inner-product equivalence, so the whole index is
-        rebuilt with a larger M from its stored vectors (IVF then also retrains its centroids).
-        Otherwise new items are appended; IVF centroids are not retrained.
+        With the MIPS reduction, a new item whose norm exceeds M (the largest norm indexed so
+        far) would break the L2 ↔ inner-product equivalence, so the whole index is
+        rebuilt with a larger M from the exact vectors (IVF then also retrains its centroids).
+        Otherwise new items are appended; IVF centroids and sq8 ranges are not retrained.
         """
         new_item_emb = _check_matrix(new_item_emb, "new_item_emb", dim=self.dim)
         n, n_new = self.n_items, new_item_emb.shape[0]
         ids = _check_ids(np.arange(n, n + n_new) if new_ids is None else new_ids, n_new, existing=self._item_ids)
         _apply_search_params(self._index, self.config)
         if self.config.uses_reduction and _norms(new_item_emb).max(initial=0.0) > self._max_norm:
-            old = self._index.reconstruct_n(0, self.n_items)[:, : self.dim]
-            self._index, self._max_norm = _build_faiss(np.concatenate([old, new_item_emb]), self.config)
+            every = np.concatenate([self._vectors(np.arange(n)), new_item_emb])
+            self._index, self._max_norm = _build_faiss(every, self.config)
         else:
             self._index.add(_to_stored(new_item_emb, self.config, self._max_norm))
+        if self._exact is not None:
+            self._exact = np.concatenate([self._exact, _metric_space(new_item_emb, self.config)])
         self._item_ids = np.concatenate([self._item_ids, ids])
-        self._sorter = None
 
     def search(self, query: np.ndarray, k: int,
                exclude: sp.spmatrix | sp.sparray | list[np.ndarray] | None = None) -> Hits:
@@ -149,23 +140,32 @@ class ItemIndex:
         ``exclude`` lists, per query row, item positions never to return (e.g. the user's training
         items): a sparse matrix (Q, ≤ n_items; stored entries count) or a list of Q integer arrays.
         Each row gets k items whenever k non-excluded items exist, else is padded with -1 / -inf.
-        Scores are recomputed exactly from the stored vectors and rows re-sorted by them.
+        Scores are recomputed exactly from float32 vectors and rows re-sorted by them.
         """
         query = _check_matrix(query, "query", dim=self.dim)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n_items:
             raise RetrievalError(f"k must be an integer in [1, n_items={self.n_items}], got {k!r}")
         k = int(k)
+        fetch = min(self.n_items, 2 * k) if self.config.lossy else k  # quantised: rerank 2k exactly
         _apply_search_params(self._index, self.config)
         keys, counts = _exclusion_keys(exclude, query.shape[0], self.n_items)
         q_stored = _to_stored(query, self.config, 0.0, is_query=True)  # (Q, d')
-        top, n_valid = self._filtered_search(q_stored, k, keys, counts)
+        top, n_valid = self._filtered_search(q_stored, fetch, keys, counts)
+        q_metric = _metric_space(query, self.config)  # (Q, d)
         short = np.flatnonzero(n_valid < np.minimum(k, self.n_items - counts))  # ANN came up short
         if short.size:  # rare: the ANN index ran out of candidates, so brute-force those rows
-            top[short] = self._brute_force(q_stored[short], short, k, keys)
-        scores = self._exact_scores(query, top)
-        order = np.argsort(-scores, axis=1, kind="stable")
+            top[short] = self._brute_force(q_metric[short], short, fetch, keys)
+        vecs = self._vectors(np.maximum(top, 0).ravel()).reshape(*top.shape, self.dim)  # (Q, fetch, d)
+        scores = np.where(top >= 0, np.matmul(vecs, q_metric[:, :, None])[:, :, 0], -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top = np.take_along_axis(top, order, axis=1)
-        return Hits(self.ids(top), np.take_along_axis(scores, order, axis=1))
+        return Hits(self.ids(top), np.take_along_axis(scores, order, axis=1).astype(np.float32))
+
+    def _vectors(self, idx: np.ndarray) -> np.ndarray:
+        """(len(idx), d) float32 exact metric-space vectors (normalised when ``normalize``)."""
+        if self._exact is not None:
+            return self._exact[idx]
+        return self._index.reconstruct_batch(idx)[:, : self.dim]  # drops the reduction's extra coord
 
     def _filtered_search(self, q_stored: np.ndarray, k: int, keys: np.ndarray,
                          counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,34 +184,24 @@ class ItemIndex:
             top[rows], n_valid[rows] = _drop_excluded(cand.astype(np.int64, copy=False), rows, keys, n, k)
         return top, n_valid
 
-    def _brute_force(self, q_stored: np.ndarray, rows: np.ndarray, k: int, keys: np.ndarray) -> np.ndarray:
-        """Exact top-k over all stored vectors for a few rows (the rare ANN-exhausted case)."""
-        stored = self._index.reconstruct_n(0, self.n_items)  # (I, d'); the query's extra coord is 0
+    def _brute_force(self, q_metric: np.ndarray, rows: np.ndarray, k: int, keys: np.ndarray) -> np.ndarray:
+        """Exact top-k over all items for a few rows (the rare ANN-exhausted case)."""
         n = self.n_items
+        every = self._vectors(np.arange(n))  # (I, d)
         mine = keys[np.isin(keys // n, rows)]
         key_row, key_col = np.searchsorted(rows, mine // n), mine % n  # rows is sorted
         out = np.empty((rows.size, k), dtype=np.int64)
         for start in range(0, rows.size, 256):  # blocks of rows bound memory to 256 × I floats
             stop = start + 256
-            scores = q_stored[start:stop] @ stored.T  # (R, I)
+            scores = q_metric[start:stop] @ every.T  # (R, I)
             in_block = (key_row >= start) & (key_row < stop)
             scores[key_row[in_block] - start, key_col[in_block]] = -np.inf
             part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             out[start:stop] = np.where(np.isfinite(np.take_along_axis(scores, part, axis=1)), part, -1)
         return out
 
-    def _exact_scores(self, query: np.ndarray, top: np.ndarray) -> np.ndarray:
-        """(Q, k) float32 inner products of each query with its candidates; -inf for -1."""
-        vecs = self._index.reconstruct_batch(np.maximum(top, 0).ravel())[:, : self.dim]  # (Q·k, d)
-        q = _normalise(query) if self.config.normalize else query
-        scores = np.matmul(vecs.reshape(*top.shape, self.dim), q[:, :, None])[:, :, 0]  # (Q, k)
-        return np.where(top >= 0, scores, -np.inf).astype(np.float32)
-
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``index.faiss``, ``item_ids.npy`` and ``index.json`` into ``path``.
-
-        Files go into a sibling temp folder renamed into place: never a half-written folder.
-        """
+        """Write index.faiss, item_ids.npy, index.json (+ exact.npy) into a temp folder renamed to ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
@@ -219,6 +209,8 @@ class ItemIndex:
         try:
             faiss.write_index(self._index, str(tmp / "index.faiss"))
             np.save(tmp / "item_ids.npy", self._item_ids)
+            if self._exact is not None:
+                np.save(tmp / "exact.npy", self._exact)
             manifest = {"format_version": _FORMAT_VERSION, "kind": self.config.kind,
                         "params": dataclasses.asdict(self.config), "dim": self.dim, "n_items": self.n_items,
                         "mips_max_norm": self._max_norm, "fingerprint": self.fingerprint,
@@ -246,8 +238,7 @@ class ItemIndex:
         except json.JSONDecodeError as exc:
             raise RetrievalError(f"{path / 'index.json'}: not valid JSON ({exc})") from exc
         if manifest.get("format_version") != _FORMAT_VERSION:
-            raise RetrievalError(f"{path / 'index.json'}: format_version {manifest.get('format_version')!r}, "
-                                 f"expected {_FORMAT_VERSION}")
+            raise RetrievalError(f"{path}: index format {manifest.get('format_version')!r}, expected {_FORMAT_VERSION}")
         if expected_fingerprint is not None and manifest["fingerprint"] != expected_fingerprint:
             raise RetrievalError(f"{path}: index built from a different run: fingerprint "
                                  f"{manifest['fingerprint']!r}, expected {expected_fingerprint!r}; "
@@ -258,16 +249,15 @@ class ItemIndex:
         if not index.ntotal == ids.shape[0] == manifest["n_items"]:
             raise RetrievalError(f"{path}: index.faiss holds {index.ntotal} items, item_ids.npy "
                                  f"{ids.shape[0]} and the manifest says {manifest['n_items']}")
+        exact = np.load(path / "exact.npy", allow_pickle=False) if config.lossy else None
         _apply_search_params(index, config)
         return cls(index, ids, config, int(manifest["dim"]), float(manifest["mips_max_norm"]),
-                   str(manifest["fingerprint"]))
+                   str(manifest["fingerprint"]), exact)
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray, k: int) -> float:
     """Mean over rows of |approx top-k ∩ exact top-k| / |exact top-k| (padding -1 ignored)."""
     approx, exact = np.asarray(approx_idx)[:, :k], np.asarray(exact_idx)[:, :k]
-    if approx.shape[0] != exact.shape[0]:
-        raise RetrievalError(f"recall_at_k: {approx.shape[0]} approximate rows vs {exact.shape[0]} exact rows")
     match = (approx[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)  # (Q, k, k)
     found, total = match.any(axis=1).sum(axis=1), (exact >= 0).sum(axis=1)
     return float(np.mean(np.where(total > 0, found / np.maximum(total, 1), 1.0)))
@@ -311,6 +301,11 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(_norms(x), 1e-12)[:, None]).astype(np.float32)
 
 
+def _metric_space(x: np.ndarray, config: IndexConfig) -> np.ndarray:
+    """Vectors whose plain inner product is the ranking score (normalised for cosine)."""
+    return _normalise(x) if config.normalize else x
+
+
 def _to_stored(x: np.ndarray, config: IndexConfig, max_norm: float, is_query: bool = False) -> np.ndarray:
     """The vectors faiss holds: normalised, or with the MIPS extra coordinate appended."""
     if config.normalize:
@@ -325,24 +320,28 @@ def _build_faiss(item_emb: np.ndarray, config: IndexConfig) -> tuple[faiss.Index
     """A filled faiss index for ``item_emb`` and the reduction's M (0 when unused)."""
     if config.threads is not None:
         faiss.omp_set_num_threads(config.threads)
-    max_norm = float(_norms(item_emb).max()) * config.mips_headroom if config.uses_reduction else 0.0
+    max_norm = float(_norms(item_emb).max()) if config.uses_reduction else 0.0
     stored = _to_stored(item_emb, config, max_norm)
     dim = stored.shape[1]
     # normalised vectors rank the same under IP and L2; only "native" MIPS searches with IP
     ip = not config.normalize and config.mips == "native"
     metric = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
+    sq8 = faiss.ScalarQuantizer.QT_8bit
     if config.kind == "flat":
         index: faiss.Index = faiss.IndexFlatIP(dim)
     elif config.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, metric)
+        index = (faiss.IndexHNSWSQ(dim, sq8, config.hnsw_m, metric) if config.lossy
+                 else faiss.IndexHNSWFlat(dim, config.hnsw_m, metric))
         index.hnsw.efConstruction = config.ef_construction
     else:
         nlist = max(1, min(config.nlist, stored.shape[0] // 39))
         quantizer = faiss.IndexFlatIP(dim) if ip else faiss.IndexFlatL2(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+        index = (faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, sq8, metric) if config.lossy
+                 else faiss.IndexIVFFlat(quantizer, dim, nlist, metric))
+    if not index.is_trained:
         index.train(stored)
     index.add(stored)
-    if config.kind == "ivf":
+    if config.kind == "ivf" and not config.lossy:
         index.make_direct_map(True)  # reconstruct() for exact rescoring
     _apply_search_params(index, config)
     return index, max_norm
