@@ -117,12 +117,13 @@ def test_exhausted_ann_rows_fall_back_to_exact(data: tuple[np.ndarray, np.ndarra
     assert (np.array([np.unique(r).size for r in hits.ids]) == 200).all()
 
 
-@pytest.mark.parametrize("name", list(ALL_CONFIGS))
+@pytest.mark.parametrize("name", [*ALL_CONFIGS, "hnsw-reduction-sq8"])
 def test_added_items_are_searchable(name: str, data: tuple[np.ndarray, np.ndarray],
                                     rng: np.random.Generator) -> None:
     items, query = data
     ids = np.arange(N_ITEMS) + 1000
-    index = ItemIndex.build(items, item_ids=ids, config=ALL_CONFIGS[name])
+    config = {**ALL_CONFIGS, **ANN_CONFIGS}[name]
+    index = ItemIndex.build(items, item_ids=ids, config=config)
     # new items: query rows scaled past the largest item norm, so each is its row's best match
     new = 1.2 * query[:5] * np.linalg.norm(items, axis=1).max() / np.linalg.norm(query[:5], axis=1)[:, None]
     index.add(new.astype(np.float32), new_ids=np.arange(5) + 10)
@@ -131,7 +132,7 @@ def test_added_items_are_searchable(name: str, data: tuple[np.ndarray, np.ndarra
     np.testing.assert_array_equal(hits.ids[:, 0], np.arange(5) + 10)
     everything = index.search(query, 10)  # old items still rank correctly after a possible rebuild
     every = np.vstack([items, new])
-    if ALL_CONFIGS[name].normalize:
+    if config.normalize:
         every = every / np.linalg.norm(every, axis=1, keepdims=True)
     expected = numpy_topk(query, every, 10)
     # loose band: the new items are norm outliers, the hardest case for graph search under MIPS
