@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,10 @@ from sibrar.config import RunConfig, apply_overrides, load_yaml, parse_run_confi
 from sibrar.errors import ConfigError
 from sibrar.eval.metrics import METRICS
 from sibrar.eval.stats import best_model_significance
+
+if TYPE_CHECKING:
+    from sibrar.train.run import RunResult
+    from sibrar.train.trainer import Callback
 
 LOWER_IS_BETTER = ("arp", "gini")  # popularity-bias metrics: smaller is better
 DEFAULT_TABLE = ("precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
@@ -111,8 +115,14 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = True,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train and evaluate every model on the shared split; write the report folder."""
+                   log: Callable[[str], None] = print,
+                   callbacks_for: Callable[[ModelSpec], Sequence[Callback]] | None = None,
+                   on_model_end: Callable[[ModelSpec, RunResult, ModelOutcome], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate every model on the shared split; write the report folder.
+
+    `callbacks_for(spec)` gives each model's Trainer callbacks (e.g. MLflow tracking); `on_model_end` sees
+    each model's result and outcome (views included) once it is evaluated, before the next one trains.
+    """
     from sibrar.eval.evaluator import evaluate, parse_view
     from sibrar.train.run import prepare, train_run
 
@@ -128,7 +138,8 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
                 f"split {prep.split.protocol} train {prep.split.train.height:,} valid {prep.split.valid.height:,} test {prep.split.test.height:,}")
         log(f"[{i}/{len(experiment.models)}] {spec.label} ({spec.config.model.name})")
         t0 = time.perf_counter()
-        result = train_run(spec.config, out / "runs" / _slug(spec.label), progress=progress, prepared=prep)
+        callbacks = callbacks_for(spec) if callbacks_for is not None else ()
+        result = train_run(spec.config, out / "runs" / _slug(spec.label), callbacks=callbacks, progress=progress, prepared=prep)
         seconds = time.perf_counter() - t0
         outcome = ModelOutcome(spec.label, spec.config.model.name, result.run_dir or out, result.test.summary,
                                result.valid.summary, result.test.per_user, result.test.users, result.train.history,
@@ -139,6 +150,8 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
         log(f"    test ndcg@10 {outcome.test.get('ndcg@10', float('nan')):.4f}  recall@10 {outcome.test.get('recall@10', float('nan')):.4f}"
             f"  ({seconds:.0f} s, best epoch {outcome.best_epoch})")
         outcomes.append(outcome)
+        if on_model_end is not None:
+            on_model_end(spec, result, outcome)
     from sibrar.report.tables import write_results
 
     meta = {"experiment": experiment.name, "source": experiment.source, "dataset": prep.dataset.name,

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sibrar.commands.train import add_tracking_arguments, ending_on_error, tracking_uri
+
+if TYPE_CHECKING:
+    from sibrar.experiment import Experiment
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_ml100k.yaml"
 
@@ -16,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a value of the experiment file, e.g. --set base.train.epochs=3")
     run.add_argument("--no-progress", action="store_true")
+    add_tracking_arguments(run)
     run.set_defaults(func=_run)
 
     demo = sub.add_parser("demo", help="the main job: ML-100K cold-item comparison of SiBraR and the baselines")
@@ -35,10 +42,56 @@ def _run(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.experiment, args.overrides)
     out = Path(args.out) if args.out else Path("results") / experiment.name
-    run_experiment(experiment, out, progress=not args.no_progress)
+    uri = tracking_uri(args)
+    if uri is None:
+        run_experiment(experiment, out, progress=not args.no_progress)
+    else:
+        _run_tracked(experiment, out, uri, args)
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"report folder: {out}")
     return 0
+
+
+def _run_tracked(experiment: Experiment, out: Path, uri: str, args: argparse.Namespace) -> None:
+    """One parent MLflow run for the experiment (the results folder as artifacts), one child run per model."""
+    from sibrar.experiment import ModelOutcome, ModelSpec, run_experiment
+    from sibrar.tracking import (
+        MLflowCallback,
+        flatten_config,
+        log_to_run,
+        parent_run,
+        run_tags,
+    )
+    from sibrar.train.run import RunResult
+
+    first = experiment.models[0].config
+    params = {**flatten_config({"data": first.data, "split": first.split}),
+              "models": [spec.label for spec in experiment.models], "views": list(experiment.views)}
+    tags = {**run_tags(first), "command": "run", "experiment": experiment.name}
+    tags.pop("model")  # the experiment holds several
+    trackers: dict[str, MLflowCallback] = {}
+    with parent_run(uri, experiment=args.mlflow_experiment, run_name=experiment.name, params=params, tags=tags) as parent_id:
+
+        def callbacks_for(spec: ModelSpec) -> list[MLflowCallback]:
+            trackers[spec.label] = MLflowCallback(spec.config, uri=uri, experiment=args.mlflow_experiment, run_name=spec.label,
+                                                  parent_run_id=parent_id, tags={"command": "run", "label": spec.label,
+                                                                                 "experiment": experiment.name})
+            return [trackers[spec.label]]
+
+        def on_model_end(spec: ModelSpec, result: RunResult, outcome: ModelOutcome) -> None:
+            tracker = trackers[spec.label]
+            for view, summary in outcome.views.items():
+                tracker.log_metrics({f"test/view/{view}/{k}": v for k, v in summary.items()})
+            tracker.log_result(result)
+
+        with ending_on_error(trackers.values()):
+            payload = run_experiment(experiment, out, progress=not args.no_progress, callbacks_for=callbacks_for,
+                                     on_model_end=on_model_end)
+        files = [out / name for name in ("results.md", "results.csv", "results.json", "REPORT.md") if (out / name).is_file()]
+        log_to_run(uri, parent_id, files=[*files, *sorted(out.glob("*.png"))],
+                   tags={k: str(payload[k]) for k in ("dataset", "protocol", "split_hash") if k in payload}
+                   | {"synthetic": str(bool(payload.get("synthetic"))).lower()})
+    print(f"MLflow parent run {parent_id} in experiment {args.mlflow_experiment!r} at {uri}")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -3,6 +3,10 @@
 Run folder: config.yaml (resolved), manifest.json (model name, versions, dataset/split hashes,
 git commit), split.json, history.csv, metrics.json, per_user.parquet, model.pt (state dict only,
 loadable with weights_only=True), checkpoint_{last,best}.pt.
+
+Started by torchrun with several processes, a run joins the process group for its duration
+(`sibrar.train.distributed`): every rank loads the data (rank 0 first) and trains its shard;
+rank 0 alone writes the run folder and evaluates, and every rank returns rank 0's results.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from sibrar.data.splits import Split, make_split
 from sibrar.errors import ConfigError, TrainingError
 from sibrar.eval.evaluator import EvalResult, evaluate
 from sibrar.models.base import Model, create_model
+from sibrar.train import distributed
+from sibrar.train.distributed import run_on_main
 from sibrar.train.trainer import Callback, Trainer, TrainResult, save_atomic
 
 
@@ -47,7 +53,7 @@ class RunResult:
     prepared: Prepared
     train: TrainResult
     valid: EvalResult
-    test: EvalResult
+    test: EvalResult | None  # None for tuning trials (train_run(test=False))
 
 
 def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
@@ -65,22 +71,50 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
 
 
 def train_run(config: RunConfig, run_dir: str | Path | None = None, *, callbacks: Sequence[Callback] = (),
-              resume: bool = False, progress: bool = True, prepared: Prepared | None = None) -> RunResult:
-    """Train one model and evaluate it on validation (best epoch) and test."""
-    prep = prepared or prepare(config)
-    run_path = Path(run_dir) if run_dir is not None else None
+              resume: bool = False, progress: bool = True, prepared: Prepared | None = None,
+              test: bool = True) -> RunResult:
+    """Train one model and evaluate it on validation (best epoch) and, unless `test=False`, on test.
+
+    Tuning trials pass `test=False` with no run folder: a search never looks at test data.
+    """
+    if not test and run_dir is not None:
+        raise ConfigError("a run folder holds test results: train_run(test=False) needs run_dir=None")
+    with distributed.process_group(config.train.device):  # a no-op unless started by torchrun
+        return _train_run(config, run_dir, callbacks=callbacks, resume=resume, progress=progress, prepared=prepared,
+                          test=test)
+
+
+def _train_run(config: RunConfig, run_dir: str | Path | None, *, callbacks: Sequence[Callback], resume: bool,
+               progress: bool, prepared: Prepared | None, test: bool) -> RunResult:
+    with distributed.main_first():  # rank 0 fetches / caches the data before the other ranks read it
+        prep = prepared or prepare(config)
+    _check_same_split(prep)
+    run_path = distributed.broadcast_object(Path(run_dir) if run_dir is not None else None)  # rank 0's folder
     if run_path is not None:
-        _write_header(run_path, config, prep, resume)
+        run_on_main(lambda: _write_header(run_path, config, prep, resume))
     torch.manual_seed(config.train.seed)
     model = create_model(config.model, prep.inputs)
     trainer = Trainer(model, prep.inputs, prep.split, config.train, config.eval, run_dir=run_path,
                       callbacks=callbacks, progress=progress)
     result = trainer.fit(resume=resume)
-    valid = evaluate(model, prep.inputs, prep.split, "valid", config.eval)
-    test = evaluate(model, prep.inputs, prep.split, "test", config.eval)
-    if run_path is not None:
-        _write_results(run_path, model, result, valid, test)
-    return RunResult(run_path, model, prep, result, valid, test)
+
+    def evaluate_and_write() -> tuple[EvalResult, EvalResult | None]:
+        valid = evaluate(model, prep.inputs, prep.split, "valid", config.eval)
+        tested = evaluate(model, prep.inputs, prep.split, "test", config.eval) if test else None
+        if run_path is not None and tested is not None:
+            _write_results(run_path, model, result, valid, tested)
+        return valid, tested
+
+    valid, tested = run_on_main(evaluate_and_write)
+    return RunResult(run_path, model, prep, result, valid, tested)
+
+
+def _check_same_split(prep: Prepared) -> None:
+    """Every rank must train on rank 0's split (same data files and config), or the shards would not fit."""
+    main_hash = distributed.broadcast_object(prep.split.hash)
+    if main_hash != prep.split.hash:
+        raise TrainingError(f"rank {distributed.rank()} built split {prep.split.hash[:12]}…, rank 0 built "
+                            f"{main_hash[:12]}…; every process must read the same data files and config")
 
 
 def _write_header(run_dir: Path, config: RunConfig, prep: Prepared, resume: bool) -> None:
@@ -102,6 +136,7 @@ def _write_header(run_dir: Path, config: RunConfig, prep: Prepared, resume: bool
         "dataset_hash": prep.split.manifest["input_hash"],
         "split_hash": prep.split.hash,
         "git_commit": git_commit(),
+        "processes": distributed.world_size(),  # data-parallel ranks: their random streams differ from 1 process's
         "versions": {"sibrar": _version(), "torch": torch.__version__, "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
@@ -131,7 +166,7 @@ def _write_results(run_dir: Path, model: Model, result: TrainResult, valid: Eval
     write_json_atomic(run_dir / "metrics.json", {
         "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
         "valid": valid.summary, "test": test.summary, "test_groups": test.groups,
-        "n_test_users": int(len(test.users)),
+        "n_test_users": len(test.users),
     })
     per_user = pl.DataFrame({"user_idx": test.users, **{k: v for k, v in test.per_user.items()}})
     with atomic_write(run_dir / "per_user.parquet") as tmp:
@@ -167,7 +202,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5,
+                             check=False)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -2,6 +2,15 @@
 
 Every epoch draws its randomness from generators seeded with (seed, epoch), so a run resumed from
 its last checkpoint continues exactly as the uninterrupted run would have.
+
+Under torchrun (several processes, see `sibrar.train.distributed`) the same loop is data parallel:
+every rank draws the same (seed, epoch) permutation and trains on its own shard of it, with its
+own (seed, epoch, rank) stream for negatives, modality sampling and dropout; gradients are
+averaged over ranks after each backward and BatchNorm layers become SyncBatchNorm. `batch_size`
+stays the global batch: each rank takes ceil(batch_size / world) rows per step, so one config means
+the same optimisation (batch, steps per epoch, lr) whatever the number of processes. Only rank 0
+validates, writes checkpoints and runs callbacks; its logs and decisions (best epoch, early stop,
+time limit) are broadcast, so every rank walks the same epochs and ends with the same weights.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from sibrar.data.splits import Split
 from sibrar.errors import ConfigError, TrainingError
 from sibrar.eval.evaluator import evaluate
 from sibrar.models.base import Batch, Model
+from sibrar.train import distributed
+from sibrar.train.distributed import run_on_main
 from sibrar.train.sampler import interaction_keys, sample_negatives
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
@@ -52,7 +63,18 @@ def save_atomic(payload: Any, path: Path) -> None:
 
 
 class Trainer:
-    """Owns the optimizer, the negative sampler and the epoch loop; the model owns its loss."""
+    """Owns the optimizer, the negative sampler and the epoch loop; the model owns its loss.
+
+    Multi-process runs synchronise gradients by hand rather than through DistributedDataParallel:
+    models train through `Model.loss`, not `forward` (DDP only hooks `forward`), and a SiBraR step's
+    graph differs between ranks (a modality with no rows in a local batch, eval-only projections),
+    which would need DDP's `find_unused_parameters` and let its bucketed all-reduces interleave
+    differently on each rank with SyncBatchNorm's own backward all-reduces. Averaging all gradients in
+    one collective after `backward` (`distributed.average_gradients`) gives every rank the same
+    gradient DDP would, with every collective in the same order on every rank; what it gives up is
+    overlapping communication with the backward pass, negligible at these model sizes. The process
+    group itself is joined by the caller (`train_run` does, via `distributed.process_group`).
+    """
 
     def __init__(self, model: Model, inputs: ModelInputs, split: Split, config: TrainConfig = TrainConfig(),
                  eval_config: EvalConfig = EvalConfig(), *, run_dir: str | Path | None = None,
@@ -63,17 +85,25 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.progress = progress
-        self.device = torch.device(config.device)
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.is_main = self.rank == 0
+        self.device = distributed.local_device(config.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.world > 1 and params:
+            distributed.convert_sync_batchnorm(self.model)  # in place: a Model is never a BatchNorm itself
         self.model.to(self.device)
+        if self.world > 1:
+            distributed.broadcast_module(self.model)  # every rank starts from rank 0's weights
         train = split.train
         self.users = torch.as_tensor(train["user_idx"].to_numpy(writable=True), device=self.device)
         self.pos_items = torch.as_tensor(train["item_idx"].to_numpy(writable=True), device=self.device)
         self.keys = interaction_keys(self.users, self.pos_items, inputs.n_items)
         self.candidates = inputs.train_items.to(self.device)
-        params = [p for p in model.parameters() if p.requires_grad]
+        self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if params else None
 
     def _validate(self) -> dict[str, float]:
+        """Validation metrics; called through `run_on_main`, so only rank 0 evaluates."""
         return {f"valid/{k}": v for k, v in evaluate(self.model, self.inputs, self.split, "valid", self.eval_config).summary.items()}
 
     def _epoch(self, epoch: int) -> dict[str, float]:
@@ -84,14 +114,23 @@ class Trainer:
         self.model.generator = gen  # type: ignore[assignment]
         self.model.train()
         order = torch.randperm(len(self.users), generator=gen, device=self.device)
+        batch_size = cfg.batch_size
+        if self.world > 1:  # the shared permutation's shard, and this rank's own random stream
+            order = distributed.shard(order, self.rank, self.world)
+            batch_size = math.ceil(cfg.batch_size / self.world)
+            rank_seed = (seed * 1_000_003 + self.rank + 1) % 2**63
+            torch.manual_seed(rank_seed)
+            gen = torch.Generator(device=self.device).manual_seed(rank_seed)
+            self.model.generator = gen  # type: ignore[assignment]
         users, pos = self.users[order], self.pos_items[order]
         negatives = sample_negatives(users, cfg.n_negatives, candidates=self.candidates, positive_keys=self.keys,
                                      n_items=self.inputs.n_items, generator=gen)
         sums: dict[str, float] = {}
-        n_batches = math.ceil(len(users) / cfg.batch_size)
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", leave=False, disable=not self.progress, unit="batch")
+        n_batches = math.ceil(len(users) / batch_size)  # the same on every rank (equal shards)
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch}", leave=False, disable=not (self.progress and self.is_main),
+                   unit="batch")
         for b in bar:
-            sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+            sl = slice(b * batch_size, (b + 1) * batch_size)
             batch = Batch(users[sl], torch.cat([pos[sl, None], negatives[sl]], dim=1))
             parts = self.model.loss(batch)
             loss = parts["loss"]
@@ -100,6 +139,8 @@ class Trainer:
             assert self.optimizer is not None
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.world > 1:
+                distributed.average_gradients(self.params)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
@@ -107,36 +148,38 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if b % 20 == 0:
                 bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
+        if self.world > 1:  # mean over every rank's batches
+            sums = {k: v / self.world for k, v in distributed.all_reduce_sums(sums, self.device).items()}
         return {f"train/{k}": v / max(1, n_batches) for k, v in sums.items()}
 
     def fit(self, resume: bool = False) -> TrainResult:
         cfg, monitor = self.config, f"valid/{self.config.monitor}"
-        for cb in self.callbacks:
-            cb.on_train_begin(self)
-        state = self._load_last() if resume else None
+        run_on_main(lambda: [cb.on_train_begin(self) for cb in self.callbacks])
+        state = run_on_main(self._load_last) if resume else None
         if state is not None:
             self.model.load_state_dict(state["model"])
             if self.optimizer is not None and state.get("optimizer"):
                 self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("best_model") is not None:
+                self._best_state = state["best_model"]
             history, start = state["history"], int(state["epoch"]) + 1
             best_value, best_epoch, bad = float(state["best_value"]), int(state["best_epoch"]), int(state["bad_epochs"])
         else:
-            logs = {"epoch": -1, **self._validate()}  # the untrained model is "epoch -1" (spec §4.4)
+            logs = run_on_main(lambda: {"epoch": -1, **self._validate()})  # the untrained model is "epoch -1" (spec §4.4)
             self._check_monitor(logs, monitor)
             history, start, bad = [logs], 0, 0
             best_value, best_epoch = logs[monitor], -1
             self._save_best(-1, best_value)
-            for cb in self.callbacks:
-                cb.on_epoch_end(-1, logs)
+            run_on_main(lambda: [cb.on_epoch_end(-1, logs) for cb in self.callbacks])
         stopped = False
         started = time.perf_counter()
         epochs = cfg.epochs if self.model.trainable else 0
-        bar = tqdm(range(start, epochs), desc="training", disable=not self.progress, unit="epoch", initial=start, total=epochs)
+        bar = tqdm(range(start, epochs), desc="training", disable=not (self.progress and self.is_main), unit="epoch",
+                   initial=start, total=epochs)
         for epoch in bar:
             t0 = time.perf_counter()
             logs = {"epoch": epoch, **self._epoch(epoch)}
-            logs.update(self._validate())
-            logs["seconds"] = time.perf_counter() - t0
+            logs = run_on_main(lambda: {**logs, **self._validate(), "seconds": time.perf_counter() - t0})  # noqa: B023
             history.append(logs)
             value = logs[monitor]
             if value > best_value:
@@ -146,18 +189,16 @@ class Trainer:
                 bad += 1
             self._save_last(epoch, history, best_value, best_epoch, bad)
             bar.set_postfix({"loss": f"{logs.get('train/loss', 0):.4f}", cfg.monitor: f"{value:.4f}", "best": f"{best_value:.4f}"})
-            for cb in self.callbacks:
-                cb.on_epoch_end(epoch, logs)
+            run_on_main(lambda: [cb.on_epoch_end(epoch, logs) for cb in self.callbacks])  # noqa: B023
             if bad >= cfg.patience and epoch + 1 >= cfg.min_epochs:
                 stopped = True
                 break
-            if cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s:
+            if run_on_main(lambda: cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s):
                 logs["time_limit_reached"] = 1.0
                 break
         self._restore_best()
         result = TrainResult(best_epoch, best_value, history, stopped)
-        for cb in self.callbacks:
-            cb.on_train_end(result)
+        run_on_main(lambda: [cb.on_train_end(result) for cb in self.callbacks])
         return result
 
     @staticmethod
@@ -169,23 +210,32 @@ class Trainer:
     # ------------------------------------------------------------------------------ checkpoints
 
     def _save_best(self, epoch: int, value: float) -> None:
-        self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # on every rank
         if self.run_dir is not None:
-            save_atomic({"model": self._best_state, "epoch": epoch, "value": value}, self.run_dir / BEST)
+            path, best = self.run_dir / BEST, self._best_state
+            run_on_main(lambda: save_atomic({"model": best, "epoch": epoch, "value": value}, path))
 
     def _save_last(self, epoch: int, history: list[dict[str, float]], best_value: float, best_epoch: int, bad: int) -> None:
         if self.run_dir is None:
             return
-        save_atomic({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else {},
-                     "epoch": epoch, "history": history, "best_value": best_value, "best_epoch": best_epoch,
-                     "bad_epochs": bad}, self.run_dir / LAST)
+        run_dir = self.run_dir
+        run_on_main(lambda: save_atomic({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "epoch": epoch, "history": history, "best_value": best_value, "best_epoch": best_epoch,
+            "bad_epochs": bad}, run_dir / LAST))
 
-    def _load_last(self) -> dict[str, Any] | None:
+    def _load_last(self) -> dict[str, Any]:
+        """The last checkpoint, with the best epoch's weights under "best_model" (None if absent).
+
+        Read on rank 0 only and broadcast, so the run folder need not be visible to the other ranks
+        (mapped to the CPU then: pickled CUDA tensors would land on rank 0's GPU).
+        """
         if self.run_dir is None or not (self.run_dir / LAST).is_file():
             raise TrainingError(f"cannot resume: no {LAST} in {self.run_dir}")
-        state = torch.load(self.run_dir / LAST, map_location=self.device, weights_only=True)
-        if (self.run_dir / BEST).is_file():
-            self._best_state = torch.load(self.run_dir / BEST, map_location=self.device, weights_only=True)["model"]
+        where = self.device if self.world == 1 else torch.device("cpu")
+        state = torch.load(self.run_dir / LAST, map_location=where, weights_only=True)
+        best = self.run_dir / BEST
+        state["best_model"] = torch.load(best, map_location=where, weights_only=True)["model"] if best.is_file() else None
         return state
 
     def _restore_best(self) -> None:
