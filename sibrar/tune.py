@@ -409,14 +409,15 @@ def run_worker(search: Search, study: Any, trials: int, out: Path, *, tracking: 
         callback = None
         try:
             config = search.config(values)
-            callbacks: list[Callback] = [PruningCallback(trial, search.metric)]
-            if tracking.uri:
+            callbacks: list[Callback] = []
+            if tracking.uri:  # first, so the epoch that gets a trial pruned is logged too
                 from sibrar.tracking import MLflowCallback
 
                 callback = MLflowCallback(config, uri=tracking.uri, experiment=tracking.experiment,
                                           run_name=f"{study.study_name}-trial-{trial.number}", parent_run_id=tracking.parent_run_id,
                                           tags={"optuna.study": study.study_name, "optuna.trial": str(trial.number)})
                 callbacks.append(callback)
+            callbacks.append(PruningCallback(trial, search.metric))
             result = train_run(config, None, callbacks=callbacks, progress=False, prepared=prepare(config, cache), test=False)
         except optuna.TrialPruned as exc:
             if callback:

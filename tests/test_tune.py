@@ -278,3 +278,27 @@ def test_two_workers_share_one_postgres_study(tmp_path: Path, signal_dir: Path, 
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(optuna.load_study(study_name="shared", storage=postgres_url).trials) == len(trials) + 2
+
+
+def test_every_trial_is_an_mlflow_run_nested_under_the_study(tmp_path: Path, signal_dir: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    assert main(["tune", str(search_file(tmp_path, signal_dir)), "--trials", "4", "--out", str(out),
+                 "--tracking-uri", uri, "--mlflow-experiment", "tuning"]) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tuning").experiment_id])
+    parent = [r for r in runs if r.data.tags.get("sibrar.role") == "study"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    summary = json.loads((out / "summary.json").read_text())
+    assert parent[0].data.metrics["best_value"] == pytest.approx(summary["best_value"])
+    children = {r.data.tags.get("optuna.trial"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    assert {"0", "1", "2", "3"} <= set(children)  # every trial, plus the final test run of the best config
+    states = pl.read_csv(out / "trials.csv")["state"].to_list()
+    for number, state in enumerate(states):
+        run = children[str(number)]
+        assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[state]
+        history = client.get_metric_history(run.info.run_id, "valid/ndcg_at_10")
+        assert [m.step for m in history][:2] == [0, 1]  # the untrained model, then epoch 0
+        assert run.data.params["train.lr"] in ("0.05", "1e-09", "1.0e-09")

@@ -91,6 +91,8 @@ def _train(args: argparse.Namespace) -> int:
     with ending_on_error([tracker]):
         result = train_run(config, run_dir, callbacks=[tracker] if tracker else [], resume=bool(args.resume),
                            progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
+        return 0
     print(f"best epoch {result.train.best_epoch}; test {summary_line(result)}")
     print(f"run folder: {run_dir}")
     if tracker is not None:

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from sibrar.commands.train import add_tracking_arguments, tracking_uri
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     tune = sub.add_parser("tune", help="hyperparameter search with Optuna (validation metric; best config tested once)")
@@ -19,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a value of the search file, e.g. --set base.train.epochs=3")
     tune.add_argument("--no-final", action="store_true", help="only run trials: no best.yaml and no test evaluation")
-    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI); trials nest under one run per study")
-    tune.add_argument("--mlflow", action="store_true", help="log to MLflow even without a URI (local sqlite:///mlflow.db)")
-    tune.add_argument("--mlflow-experiment", default="sibrar", help="MLflow experiment name (default sibrar)")
+    add_tracking_arguments(tune)  # trials nest under one MLflow run per study
     tune.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers for its processes
     tune.add_argument("--parent-run-id", help=argparse.SUPPRESS)
     tune.set_defaults(func=_tune)
@@ -34,11 +34,8 @@ def _tune(args: argparse.Namespace) -> int:
     study_name = args.study or search.name
     out = Path(args.out) if args.out else Path("results") / f"tune-{study_name}"
     tracking = Tracking()
-    if args.tracking_uri or args.mlflow or os.environ.get("MLFLOW_TRACKING_URI"):
-        from sibrar.tracking import check_tracking_uri, resolve_tracking_uri
-
-        uri = resolve_tracking_uri(args.tracking_uri, enabled=args.mlflow)
-        check_tracking_uri(uri)  # before any trial starts
+    uri = tracking_uri(args)  # checked before any trial starts
+    if uri is not None:
         parent = args.parent_run_id or study_parent_run(uri, args.mlflow_experiment, study_name, search)
         tracking = Tracking(uri, args.mlflow_experiment, parent)
     if args.worker:  # one process of `--workers`: trials only, its own sampler seed
