@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,8 +82,9 @@ class Param:
         """A config value as Optuna stores it for this parameter (for enqueueing the default)."""
         if self.type in ("float", "int"):
             return value
-        return json.dumps(next(c for c in self.choices if sorted(map(str, c)) == sorted(map(str, value)))
-                          if self.type == "subset" else value)
+        if self.type == "subset":  # the stored choice may list the same members in another order
+            value = next(c for c in self.choices if sorted(c) == sorted(value))
+        return json.dumps(value)
 
     def active(self, values: Mapping[str, Any]) -> bool:
         return all(CONDITIONS[op](values.get(path), arg) for path, op, arg in self.when)
@@ -534,19 +536,30 @@ def _spawn_workers(search: Search, trials: int, out: Path, storage: str, study_n
     threads = max(1, (os.cpu_count() or 1) // workers)
     search_file = out / "search.yaml"
     write_text_atomic(search_file, dump_yaml(search.raw))
-    procs = []
-    for i in range(workers):
-        cmd = [sys.executable, "-m", "sibrar.cli", "tune", str(search_file), "--trials", str(trials), "--storage", storage,
-               "--study", study_name, "--out", str(out), "--worker", str(i + 1)]
-        if tracking.uri:
-            cmd += ["--tracking-uri", tracking.uri, "--mlflow-experiment", tracking.experiment]
-            if tracking.parent_run_id:
-                cmd += ["--parent-run-id", tracking.parent_run_id]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SIBRAR_THREADS": str(threads)}
-        procs.append(subprocess.Popen(cmd, env=env))
-    codes = [p.wait() for p in procs]
+    procs: list[subprocess.Popen[bytes]] = []
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a terminated parent takes its workers along
+    try:
+        for i in range(workers):
+            cmd = [sys.executable, "-m", "sibrar.cli", "tune", str(search_file), "--trials", str(trials), "--storage", storage,
+                   "--study", study_name, "--out", str(out), "--worker", str(i + 1)]
+            if tracking.uri:
+                cmd += ["--tracking-uri", tracking.uri, "--mlflow-experiment", tracking.experiment]
+                if tracking.parent_run_id:
+                    cmd += ["--parent-run-id", tracking.parent_run_id]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SIBRAR_THREADS": str(threads)}
+            procs.append(subprocess.Popen(cmd, env=env))
+        codes = [p.wait() for p in procs]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
     if any(codes):
         raise ConfigError(f"tuning workers exited with codes {codes}; see their output above")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def finalize(search: Search, study: Any, out: Path, *, tracking: Tracking = Tracking(), test: bool = True,
