@@ -632,11 +632,19 @@ def _write_trials_table(study: Any, out: Path) -> None:
     rows = [{"number": t.number, "state": t.state.name, "value": t.value,
              "seconds": t.duration.total_seconds() if t.duration else None,
              "default": bool(t.user_attrs.get("default")), "error": t.user_attrs.get("error"),
-             **{k: str(v) for k, v in t.params.items()}} for t in study.get_trials(deepcopy=False)]
+             **{k: _readable(v) for k, v in t.params.items()}} for t in study.get_trials(deepcopy=False)]
     from sibrar._io import atomic_write
 
     with atomic_write(out / "trials.csv") as tmp:
         pl.DataFrame(rows, infer_schema_length=None).write_csv(tmp)
+
+
+def _readable(value: Any) -> str:
+    """A parameter as a table cell: numbers as they are, stored JSON choices decoded (`batch`, `[128]`)."""
+    if not isinstance(value, str):
+        return str(value)
+    decoded = json.loads(value)
+    return decoded if isinstance(decoded, str) else json.dumps(decoded)
 
 
 def _plot(study: Any, out: Path, metric: str) -> None:
