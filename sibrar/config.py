@@ -232,6 +232,9 @@ class TrainConfig:
     device: str = "cpu"
     grad_clip: float | None = None
     time_limit_s: float | None = None  # stop after the epoch that passes this many seconds (recorded in metrics)
+    # CPU: PyTorch's deterministic kernels, so a run repeats exactly (for a given number of threads);
+    # without them multi-threaded scatter/index-add backward passes sum in a run-dependent order
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_negatives", "patience"):

@@ -1,4 +1,5 @@
-"""`sibrar robustness RESULTS_DIR` and `sibrar gap RUN_DIR...`: analyses of trained runs, no retraining."""
+"""`sibrar robustness RESULTS_DIR`, `sibrar gap RUN_DIR...` and `sibrar grid RESULTS_DIR...`: analyses of
+trained runs and their results folders, no retraining."""
 
 from __future__ import annotations
 
@@ -46,6 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(default: the results folder holding the first run, else the run folder)")
     gap.add_argument("--device", default="cpu")
     gap.set_defaults(func=_gap)
+
+    grid = sub.add_parser("grid", help="merge several `sibrar run` results folders into the paper's table: "
+                                       "models x (dataset, scenario) per metric, with their significance marks")
+    grid.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
+                      help="results folders of `sibrar run` (columns in this order)")
+    grid.add_argument("--out", required=True, help="folder for grid.{md,csv,json}")
+    grid.add_argument("--metrics", help="comma-separated test metrics (default precision@10,recall@10,ndcg@10,map@10,coverage@10)")
+    grid.add_argument("--title", default="Results grid", help="heading of grid.md")
+    grid.set_defaults(func=_grid)
 
 
 # ------------------------------------------------------------------------------------------- robustness
@@ -285,3 +295,19 @@ def _default_gap_out(run_dir: Path) -> Path:
     resolved = run_dir.resolve()
     return resolved.parent.parent if resolved.parent.name == "runs" else resolved
 
+
+
+# ----------------------------------------------------------------------------------------------- grid
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from sibrar.report.grid import build_grid, load_results_folder, parse_metrics, write_grid
+
+    metrics = parse_metrics(args.metrics)
+    folders = [load_results_folder(p) for p in args.results_dirs]  # every folder checked before writing
+    grid = build_grid(folders, metrics)
+    markdown = write_grid(Path(args.out), grid, title=args.title)
+    print(markdown)
+    print(f"written {args.out}/grid.{{md,csv,json}}  ({len(grid.models)} models x {len(grid.columns)} columns x "
+          f"{len(grid.metrics)} metrics)")
+    return 0

@@ -153,6 +153,18 @@ class Trainer:
         return {f"train/{k}": v / max(1, n_batches) for k, v in sums.items()}
 
     def fit(self, resume: bool = False) -> TrainResult:
+        """Train (or resume) to the end or early stop; the model keeps the best validation epoch."""
+        deterministic = self.config.deterministic and self.device.type == "cpu"
+        before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+        torch.use_deterministic_algorithms(deterministic or before[0])
+        torch.utils.deterministic.fill_uninitialized_memory = False  # NaN-filling every new tensor costs ~20 %
+        try:
+            return self._fit(resume)
+        finally:
+            torch.use_deterministic_algorithms(before[0])
+            torch.utils.deterministic.fill_uninitialized_memory = before[1]
+
+    def _fit(self, resume: bool) -> TrainResult:
         cfg, monitor = self.config, f"valid/{self.config.monitor}"
         run_on_main(lambda: [cb.on_train_begin(self) for cb in self.callbacks])
         state = run_on_main(self._load_last) if resume else None
