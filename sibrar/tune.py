@@ -293,11 +293,11 @@ def open_storage(storage: str | None, out: Path) -> Any:
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if storage.startswith("postgresql"):
         engine["connect_args"] = {"connect_timeout": 10}
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=1)
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)  # a dead worker's trial runs again once
                 return optuna.storages.RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
                                                   heartbeat_stale_trial_callback=retry)
         except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
