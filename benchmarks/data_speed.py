@@ -24,7 +24,6 @@ import platform
 import pstats
 import resource
 import shlex
-import subprocess
 import sys
 import time
 import warnings
@@ -32,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from provenance import commit, machine  # benchmarks/provenance.py
+
 TARGET_S = 5.0
 TARGET_MB = 1024.0
 
@@ -60,37 +60,6 @@ def _reset_peak() -> bool:
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
-
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = _status_total_mem()
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.node()} | {cpu} | {affinity} cores usable | {mem} RAM | {platform.system()} {platform.release()}"
-
-
-def _status_total_mem() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-    except OSError:
-        pass
-    return "?"
 
 
 def _stage(name: str, func: Callable[[], Any], rows: list[dict[str, Any]], profiler: cProfile.Profile | None) -> Any:
@@ -164,16 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     total, total_cpu = sum(r["seconds"] for r in rows), sum(r["cpu"] for r in rows)
     peak_stages = max(r["peak"] for r in rows) if rows[0]["exact_peak"] else _status_mb("VmHWM")
     peak_process = max(peak_before, peak_stages, _maxrss_mb())
-    commit = _git("rev-parse", "HEAD") or "none (repository has no commits)"
-    dirty = " + uncommitted changes" if _git("status", "--porcelain") else ""
     counts = split.manifest["counts"]
 
     print("sibrar data-layer benchmark")
     print(f"command : {shlex.join([Path(sys.executable).name, *sys.argv])}")
     print(f"date    : {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
-    print(f"machine : {_machine()}")
+    print(f"machine : {machine()}")
     print(f"load avg: {load_before[0]:.2f} before, {load_after[0]:.2f} after (other processes share the CPUs when > 0)")
-    print(f"commit  : {commit}{dirty}")
+    print(f"commit  : {commit()}")
     print(f"versions: python {platform.python_version()}, polars {pl.__version__}, numpy {np.__version__}, "
           f"torch {torch.__version__}, polars threads {pl.thread_pool_size()}")
     print(f"dataset : {dataset.name} from {source}; rating >= {args.rating_threshold}, {args.k_core}-core -> "

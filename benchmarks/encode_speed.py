@@ -26,6 +26,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from provenance import commit  # benchmarks/provenance.py
 
 AUDIO_WHEEL = "immich-memories-music==0.1.0"
 GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
@@ -112,10 +113,8 @@ def bench_audio(n: int, cache: Path, work: Path, clips_dir: Path | None) -> dict
 def machine() -> dict[str, object]:
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or "uncommitted"
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
+            "torch": torch.__version__, "python": platform.python_version(), "commit": commit(),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
             "load_average_1m_at_start": round(os.getloadavg()[0], 2)}
 

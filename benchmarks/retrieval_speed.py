@@ -16,7 +16,6 @@ import os
 import platform
 import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from provenance import commit, machine  # benchmarks/provenance.py
 
 from sibrar.retrieval import IndexConfig, ItemIndex, recall_at_k
 
@@ -130,30 +130,6 @@ def sweep(index: ItemIndex, queries: np.ndarray, exact_idx: np.ndarray, name: st
             best = min(best, time.perf_counter() - t0)
         out.append((value, recall_at_k(hits.ids, exact_idx, K), len(queries) / best))
     return out
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {cores} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
-def commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "none (no git commit yet)"
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
-                           check=False).stdout
-    return head + (" + uncommitted changes" if dirty.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,6 @@ import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -47,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
+from provenance import commit, machine  # benchmarks/provenance.py
 
 from sibrar.config import DataConfig, EvalConfig, SplitConfig, TrainConfig
 from sibrar.data.dataset import load_dataset
@@ -60,7 +60,6 @@ from sibrar.models.sibrar import SiBraR, SiBraRConfig, TowerConfig
 from sibrar.train.sampler import sample_negatives
 from sibrar.train.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
 WARMUP = 2
 
 ARCHITECTURES: dict[str, SiBraRConfig] = {
@@ -237,28 +236,6 @@ def time_catalogue(n_items: int, n_users: int, dim: int, device: torch.device, u
 # -------------------------------------------------------------------------------- reporting
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {cores} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "none (no git commit yet)"
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
-    return head + (" + uncommitted changes" if dirty.strip() else "")
-
-
 def print_table(rows: list[Row]) -> None:
     header = ("stage", "measure", "value", "peak RSS MB", "peak GPU MB", "note")
     table = [header, *[(r.stage, r.what, r.value, f"{r.peak_rss_mb:,.0f}", r.peak_gpu_mb, r.note) for r in rows]]
@@ -303,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print("# train_speed")
     print(f"command : {shlex.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"date    : {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
+    print(f"date    : {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
     print(f"machine : {machine()}; load average at start {' / '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min)")
     print(f"commit  : {commit()}")
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""

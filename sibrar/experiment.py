@@ -117,14 +117,19 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = True,
                    log: Callable[[str], None] = print,
                    callbacks_for: Callable[[ModelSpec], Sequence[Callback]] | None = None,
-                   on_model_end: Callable[[ModelSpec, RunResult, ModelOutcome], None] | None = None) -> dict[str, Any]:
+                   on_model_end: Callable[[ModelSpec, RunResult, ModelOutcome], None] | None = None,
+                   resume: bool = False) -> dict[str, Any]:
     """Train and evaluate every model on the shared split; write the report folder.
+
+    With `resume`, a model whose run folder under `out/runs` finished with the same config and split
+    is read back instead of retrained, one interrupted (or given more epochs) continues from its last
+    checkpoint, and one whose config changed otherwise is trained afresh.
 
     `callbacks_for(spec)` gives each model's Trainer callbacks (e.g. MLflow tracking); `on_model_end` sees
     each model's result and outcome (views included) once it is evaluated, before the next one trains.
     """
     from sibrar.eval.evaluator import evaluate, parse_view
-    from sibrar.train.run import prepare, train_run
+    from sibrar.train.run import can_continue, load_finished_run, prepare, train_run
 
     out = Path(out)
     cache: dict[Any, Any] = {}
@@ -139,8 +144,15 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
         log(f"[{i}/{len(experiment.models)}] {spec.label} ({spec.config.model.name})")
         t0 = time.perf_counter()
         callbacks = callbacks_for(spec) if callbacks_for is not None else ()
-        result = train_run(spec.config, out / "runs" / _slug(spec.label), callbacks=callbacks, progress=progress, prepared=prep)
-        seconds = time.perf_counter() - t0
+        run_dir = out / "runs" / _slug(spec.label)
+        result = load_finished_run(spec.config, run_dir, prep) if resume else None
+        if result is None:
+            result = train_run(spec.config, run_dir, callbacks=callbacks, progress=progress, prepared=prep,
+                               resume=resume and can_continue(spec.config, run_dir))
+            seconds = time.perf_counter() - t0
+        else:  # the table keeps the original training time (sum of its epochs), not the reading time
+            seconds = float(sum(h.get("seconds") or 0.0 for h in result.train.history))
+            log(f"    reused the finished run {run_dir}")
         outcome = ModelOutcome(spec.label, spec.config.model.name, result.run_dir or out, result.test.summary,
                                result.valid.summary, result.test.per_user, result.test.users, result.train.history,
                                seconds=seconds, best_epoch=result.train.best_epoch)

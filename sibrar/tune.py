@@ -649,11 +649,11 @@ def _readable(value: Any) -> str:
 
 def _plot(study: Any, out: Path, metric: str) -> None:
     """Optimisation history (every trial's value and the running best) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna
+
+    from sibrar.report.figures import pyplot, save_figure
+
+    plt = pyplot()
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     xs = [t.number for t in done]
@@ -666,9 +666,4 @@ def _plot(study: Any, out: Path, metric: str) -> None:
     ax.set_ylabel(f"valid {metric}")
     ax.set_title(f"{study.study_name}: optimisation history")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    from sibrar._io import atomic_write
-
-    with atomic_write(out / "history.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "history.png")

@@ -110,3 +110,34 @@ def test_bad_experiment_files_get_a_one_line_error(tmp_path: Path, synthetic_sha
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sibrar: error: ") and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_reuses_finished_runs_continues_interrupted_ones_and_retrains_changed_ones(
+        tmp_path: Path, synthetic_shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = [{"label": "Pop", "model": {"name": "pop"}}, {"label": "MF", "model": {"name": "mf", "dim": 8}}]
+    path = experiment_file(tmp_path, synthetic_shared_dir, models=models, views=[])
+    out, mf = tmp_path / "out", tmp_path / "out" / "runs" / "MF"
+    run = ["run", str(path), "--out", str(out), "--no-progress", "--resume"]
+    assert main(run) == 0  # nothing to resume yet: everything trains
+    first = json.loads((out / "results.json").read_text())["models"]
+    trained_at = (mf / "model.pt").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert main(run) == 0  # both finished with the same config: read back, not retrained
+    assert capsys.readouterr().out.count("reused the finished run") == 2
+    assert (mf / "model.pt").stat().st_mtime_ns == trained_at
+    again = json.loads((out / "results.json").read_text())["models"]
+    assert {m: again[m]["test"] for m in again} == {m: first[m]["test"] for m in first}
+    assert again["MF"]["best_epoch"] == first["MF"]["best_epoch"]
+
+    (mf / "metrics.json").unlink()  # interrupted after its last epoch: continues from checkpoint_last.pt
+    assert main(run) == 0
+    assert capsys.readouterr().out.count("reused the finished run") == 1
+    assert json.loads((mf / "metrics.json").read_text())["test"] == pytest.approx(first["MF"]["test"])
+
+    models[1]["model"]["dim"] = 4  # a changed model is trained again, the unchanged one still reused
+    path = experiment_file(tmp_path, synthetic_shared_dir, models=models, views=[])
+    assert main(run) == 0
+    assert capsys.readouterr().out.count("reused the finished run") == 1
+    assert "dim: 4" in (mf / "config.yaml").read_text()
+    assert (mf / "model.pt").stat().st_mtime_ns != trained_at

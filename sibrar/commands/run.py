@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", help="report folder (default results/<experiment name>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a value of the experiment file, e.g. --set base.train.epochs=3")
+    run.add_argument("--resume", action="store_true",
+                     help="reuse the finished model runs under OUT/runs trained with the same config, continue "
+                          "interrupted ones from their last checkpoint, train the rest")
     run.add_argument("--no-progress", action="store_true")
     add_tracking_arguments(run)
     run.set_defaults(func=_run)
@@ -44,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / experiment.name
     uri = tracking_uri(args)
     if uri is None:
-        run_experiment(experiment, out, progress=not args.no_progress)
+        run_experiment(experiment, out, progress=not args.no_progress, resume=args.resume)
     else:
         _run_tracked(experiment, out, uri, args)
     print((out / "results.md").read_text(encoding="utf-8"))
@@ -86,7 +89,7 @@ def _run_tracked(experiment: Experiment, out: Path, uri: str, args: argparse.Nam
 
         with ending_on_error(trackers.values()):
             payload = run_experiment(experiment, out, progress=not args.no_progress, callbacks_for=callbacks_for,
-                                     on_model_end=on_model_end)
+                                     on_model_end=on_model_end, resume=args.resume)
         files = [out / name for name in ("results.md", "results.csv", "results.json", "REPORT.md") if (out / name).is_file()]
         log_to_run(uri, parent_id, files=[*files, *sorted(out.glob("*.png"))],
                    tags={k: str(payload[k]) for k in ("dataset", "protocol", "split_hash") if k in payload}

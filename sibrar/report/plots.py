@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sibrar.report.tables import _pyplot, _save
+from sibrar.report.figures import pyplot, save_figure
 
 MODALITY_COLOURS = {"interactions": "tab:blue", "id": "tab:cyan", "genres": "tab:orange", "year": "tab:green",
                     "text": "tab:red", "image": "tab:purple", "audio": "tab:brown", "demographics": "tab:pink"}
@@ -17,7 +17,7 @@ MODALITY_COLOURS = {"interactions": "tab:blue", "id": "tab:cyan", "genres": "tab
 def plot_robustness(rows: Sequence[Mapping[str, object]], modality: str, metric: str, path: Path, *, title: str,
                     reference: float | None = 0.7) -> None:
     """Two panels for one modality: `metric` vs fraction of test items missing it, and its relative change."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, rel_ax) = plt.subplots(1, 2, figsize=(9.5, 3.8))
     models = list(dict.fromkeys(str(r["model"]) for r in rows if r["modality"] == modality))
     for model in models:
@@ -49,7 +49,7 @@ def plot_robustness(rows: Sequence[Mapping[str, object]], modality: str, metric:
     rel_ax.set_title("relative change" + (f" (dotted: {modality} present for {1 - reference:.0%})" if reference is not None else ""),
                      fontsize=9)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_projection(projected: Mapping[str, Mapping[str, np.ndarray]], path: Path, *, title: str,
@@ -58,7 +58,7 @@ def plot_projection(projected: Mapping[str, Mapping[str, np.ndarray]], path: Pat
 
     `links` (model -> (L, M, 2)): a few items whose modality points are joined by a thin grey line.
     """
-    plt = _pyplot()
+    plt = pyplot()
     n = max(1, len(projected))
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
     for ax, (model, by_modality) in zip(axes[0], projected.items()):
@@ -73,4 +73,4 @@ def plot_projection(projected: Mapping[str, Mapping[str, np.ndarray]], path: Pat
         ax.set_ylabel("PC 2")
         ax.legend(fontsize=7, markerscale=3)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
+from sibrar.report.figures import pyplot, save_figure
 
 if TYPE_CHECKING:
     from sibrar.experiment import ModelOutcome
@@ -82,17 +83,8 @@ def _rel(value: float, base: float) -> str:
     return f"{(value - base) / base:+.1%}" if base and not math.isnan(base) else "n/a"
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(outcomes: Sequence[ModelOutcome], path: Path, meta: Mapping[str, Any], key: str = "valid/ndcg@10") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for o in outcomes:
         points = [(h["epoch"], h[key]) for h in o.history if key in h and h[key] is not None]
@@ -104,11 +96,11 @@ def plot_curves(outcomes: Sequence[ModelOutcome], path: Path, meta: Mapping[str,
     ax.set_ylabel(key)
     ax.set_title(_title(meta, "validation curve"))
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_bars(outcomes: Sequence[ModelOutcome], metrics: Sequence[str], path: Path, meta: Mapping[str, Any]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metrics) * max(1, len(outcomes)) / 3), 4))
     width = 0.8 / max(1, len(outcomes))
     for i, o in enumerate(outcomes):
@@ -117,7 +109,7 @@ def plot_bars(outcomes: Sequence[ModelOutcome], metrics: Sequence[str], path: Pa
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], list(metrics))
     ax.set_title(_title(meta, "test metrics"))
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _title(meta: Mapping[str, Any], what: str) -> str:
@@ -125,10 +117,3 @@ def _title(meta: Mapping[str, Any], what: str) -> str:
     return f"{meta.get('dataset')} {meta.get('protocol')}{synthetic}: {what}"
 
 
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)

@@ -32,10 +32,10 @@ from sibrar.data.inputs import ModelInputs, build_inputs
 from sibrar.data.splits import Split, make_split
 from sibrar.errors import ConfigError, TrainingError
 from sibrar.eval.evaluator import EvalResult, evaluate
-from sibrar.models.base import Model, create_model
+from sibrar.models.base import FULL_VIEW, Model, create_model
 from sibrar.train import distributed
 from sibrar.train.distributed import run_on_main
-from sibrar.train.trainer import Callback, Trainer, TrainResult, save_atomic
+from sibrar.train.trainer import LAST, Callback, Trainer, TrainResult, save_atomic
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +107,43 @@ def _train_run(config: RunConfig, run_dir: str | Path | None, *, callbacks: Sequ
 
     valid, tested = run_on_main(evaluate_and_write)
     return RunResult(run_path, model, prep, result, valid, tested)
+
+
+def load_finished_run(config: RunConfig, run_dir: str | Path, prepared: Prepared) -> RunResult | None:
+    """The RunResult of a finished run folder trained with exactly ``config`` on this split, else None.
+
+    Lets an experiment pick up where it stopped (``sibrar run --resume``) without retraining: the
+    model, history, validation/test metrics and per-user test values are read back from the folder.
+    """
+    run_dir = Path(run_dir)
+    needed = ("config.yaml", "manifest.json", "metrics.json", "per_user.parquet", "history.csv", "model.pt")
+    if not all((run_dir / name).is_file() for name in needed):
+        return None
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    if (run_dir / "config.yaml").read_text(encoding="utf-8") != dump_yaml(config) or \
+            manifest.get("split_hash") != prepared.split.hash:
+        return None
+    model = create_model(config.model, prepared.inputs)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    model.to(torch.device(config.train.device)).eval()
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    per_user = pl.read_parquet(run_dir / "per_user.parquet")
+    history = pl.read_csv(run_dir / "history.csv").to_dicts()
+    train = TrainResult(int(metrics["best_epoch"]), float(metrics["valid"].get(config.train.monitor, np.nan)), history,
+                        bool(metrics.get("stopped_early", False)))
+    valid = EvalResult("valid", FULL_VIEW.name, metrics["valid"], {}, np.empty(0, dtype=np.int64))
+    test = EvalResult("test", FULL_VIEW.name, metrics["test"],
+                      {c: per_user[c].to_numpy() for c in per_user.columns if c != "user_idx"},
+                      per_user["user_idx"].to_numpy(), metrics.get("test_groups", {}))
+    return RunResult(run_dir, model, prepared, train, valid, test)
+
+
+def can_continue(config: RunConfig, run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a last checkpoint of ``config`` (up to RESUMABLE_CHANGES) to continue from."""
+    run_dir = Path(run_dir)
+    if not (run_dir / LAST).is_file() or not (run_dir / "config.yaml").is_file():
+        return False
+    return _config_difference(load_yaml(run_dir / "config.yaml"), yaml.safe_load(dump_yaml(config))) is None
 
 
 def _check_same_split(prep: Prepared) -> None:
