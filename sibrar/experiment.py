@@ -69,7 +69,7 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
 def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_name: str = "experiment") -> Experiment:
     unknown = set(raw) - {"name", "base", "models", "views", "table_metrics"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid keys: name, base, models, views, table_metrics")
+        raise ConfigError(f"{where}: unknown key {min(unknown)!r}; valid keys: name, base, models, views, table_metrics")
     base = raw.get("base") or {}
     models = raw.get("models")
     if not models or not isinstance(models, list):
@@ -81,7 +81,7 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
             raise ConfigError(f"{at}: expected a mapping with a 'model' section")
         extra = set(entry) - {"label", "model", "train", "eval"}
         if extra:
-            raise ConfigError(f"{at}: unknown key {sorted(extra)[0]!r}; valid keys: label, model, train, eval")
+            raise ConfigError(f"{at}: unknown key {min(extra)!r}; valid keys: label, model, train, eval")
         merged = _merge(dict(base), {k: entry[k] for k in ("model", "train", "eval") if k in entry})
         config = parse_run_config(merged, f"{at}")
         label = str(entry.get("label") or config.model.name)
