@@ -296,7 +296,6 @@ def _default_gap_out(run_dir: Path) -> Path:
     return resolved.parent.parent if resolved.parent.name == "runs" else resolved
 
 
-
 # ----------------------------------------------------------------------------------------------- grid
 
 

@@ -123,9 +123,7 @@ def load_finished_run(config: RunConfig, run_dir: str | Path, prepared: Prepared
     if (run_dir / "config.yaml").read_text(encoding="utf-8") != dump_yaml(config) or \
             manifest.get("split_hash") != prepared.split.hash:
         return None
-    model = create_model(config.model, prepared.inputs)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
-    model.to(torch.device(config.train.device)).eval()
+    model = _restore_model(run_dir, config, prepared.inputs, config.train.device)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     per_user = pl.read_parquet(run_dir / "per_user.parquet")
     history = pl.read_csv(run_dir / "history.csv").to_dicts()
@@ -143,7 +141,12 @@ def can_continue(config: RunConfig, run_dir: str | Path) -> bool:
     run_dir = Path(run_dir)
     if not (run_dir / LAST).is_file() or not (run_dir / "config.yaml").is_file():
         return False
-    return _config_difference(load_yaml(run_dir / "config.yaml"), yaml.safe_load(dump_yaml(config))) is None
+    return _saved_config_difference(run_dir, config) is None
+
+
+def _saved_config_difference(run_dir: Path, config: RunConfig) -> str | None:
+    """The first setting in which ``config`` differs from run_dir/config.yaml, ignoring RESUMABLE_CHANGES."""
+    return _config_difference(load_yaml(run_dir / "config.yaml"), yaml.safe_load(dump_yaml(config)))
 
 
 def _check_same_split(prep: Prepared) -> None:
@@ -157,13 +160,11 @@ def _check_same_split(prep: Prepared) -> None:
 def _write_header(run_dir: Path, config: RunConfig, prep: Prepared, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
-    text = dump_yaml(config)
-    if resume and saved.is_file():
-        differs = _config_difference(load_yaml(saved), yaml.safe_load(text))
-        if differs:
-            raise ConfigError(f"{saved}: the run was started with a different config ({differs} differs); resume with "
-                              f"the same one (only {', '.join(f'train.{k}' for k in RESUMABLE_CHANGES)} may change)")
-    write_text_atomic(saved, text)
+    differs = _saved_config_difference(run_dir, config) if resume and saved.is_file() else None
+    if differs:
+        raise ConfigError(f"{saved}: the run was started with a different config ({differs} differs); resume with "
+                          f"the same one (only {', '.join(f'train.{k}' for k in RESUMABLE_CHANGES)} may change)")
+    write_text_atomic(saved, dump_yaml(config))
     write_json_atomic(run_dir / "split.json", prep.split.manifest)
     write_json_atomic(run_dir / "manifest.json", {
         "model": config.model.name,
@@ -230,11 +231,16 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     if manifest.get("split_hash") != prep.split.hash:
         raise TrainingError(f"{run_dir}: the data now gives a different split (hash {prep.split.hash[:12]}… vs "
                             f"{str(manifest.get('split_hash'))[:12]}…); the dataset changed since training")
-    model = create_model(config.model, prep.inputs)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
-    model.to(torch.device(device)).eval()
+    model = _restore_model(run_dir, config, prep.inputs, device)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")) if (run_dir / "metrics.json").is_file() else {}
     return LoadedRun(run_dir, config, model, prep, metrics)
+
+
+def _restore_model(run_dir: Path, config: RunConfig, inputs: ModelInputs, device: str) -> Model:
+    """The trained model of a run folder (model.pt), on ``device`` in eval mode."""
+    model = create_model(config.model, inputs)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    return model.to(torch.device(device)).eval()
 
 
 def git_commit() -> str | None:
