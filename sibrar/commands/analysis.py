@@ -1,5 +1,5 @@
-"""`sibrar robustness RESULTS_DIR`, `sibrar gap RUN_DIR...` and `sibrar grid RESULTS_DIR...`: analyses of
-trained runs and their results folders, no retraining."""
+"""`sibrar robustness RESULTS_DIR`, `sibrar gap RUN_DIR...`, `sibrar grid RESULTS_DIR...` and
+`sibrar seeds RESULTS_DIR...`: analyses of trained runs and their results folders, no retraining."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     grid.add_argument("--metrics", help="comma-separated test metrics (default precision@10,recall@10,ndcg@10,map@10,coverage@10)")
     grid.add_argument("--title", default="Results grid", help="heading of grid.md")
     grid.set_defaults(func=_grid)
+
+    seeds = sub.add_parser("seeds", help="mean ± standard deviation over repeats of one experiment "
+                                         "(results folders of `sibrar run ... --set base.train.seed=N`)")
+    seeds.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR", help="two or more results folders of one experiment")
+    seeds.add_argument("--out", required=True, help="folder for seeds.{md,csv,json}")
+    seeds.add_argument("--metrics", help="comma-separated test metrics (default precision@10,recall@10,ndcg@10,map@10,coverage@10)")
+    seeds.add_argument("--title", default="Spread over seeds", help="heading of seeds.md")
+    seeds.set_defaults(func=_seeds)
 
 
 # ------------------------------------------------------------------------------------------- robustness
@@ -300,7 +308,12 @@ def _default_gap_out(run_dir: Path) -> Path:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from sibrar.report.grid import build_grid, load_results_folder, parse_metrics, write_grid
+    from sibrar.report.grid import (
+        build_grid,
+        load_results_folder,
+        parse_metrics,
+        write_grid,
+    )
 
     metrics = parse_metrics(args.metrics)
     folders = [load_results_folder(p) for p in args.results_dirs]  # every folder checked before writing
@@ -309,4 +322,15 @@ def _grid(args: argparse.Namespace) -> int:
     print(markdown)
     print(f"written {args.out}/grid.{{md,csv,json}}  ({len(grid.models)} models x {len(grid.columns)} columns x "
           f"{len(grid.metrics)} metrics)")
+    return 0
+
+
+def _seeds(args: argparse.Namespace) -> int:
+    from sibrar.report.grid import load_results_folder, parse_metrics
+    from sibrar.report.seeds import summarise_seeds, write_seeds
+
+    folders = [load_results_folder(p) for p in args.results_dirs]
+    summary = summarise_seeds(folders, parse_metrics(args.metrics))
+    print(write_seeds(Path(args.out), summary, title=args.title))
+    print(f"written {args.out}/seeds.{{md,csv,json}}  ({len(summary.models)} models x {len(folders)} runs)")
     return 0

@@ -133,14 +133,7 @@ def build_grid(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> Grid
     for i, p in enumerate(seen_paths):
         if p in seen_paths[:i]:
             raise ConfigError(f"{folders[i].path}: results folder given twice")
-    for metric in metrics:
-        lacking = [f for f in folders if metric not in f.metrics]
-        if len(lacking) == len(folders):
-            known = dict.fromkeys(m for f in folders for m in f.metrics)
-            raise ConfigError(f"--metrics: {unknown_name_message('metric', metric, known)} (the folders' test metrics)")
-        if lacking:
-            raise ConfigError(f"--metrics: {metric!r} is not in {lacking[0].path}/results.json; "
-                              f"that folder has: {', '.join(lacking[0].metrics)}")
+    check_metrics(folders, metrics)
     columns = _columns(folders)
     models = tuple(dict.fromkeys(m for f in folders for m in f.models))
     cells: dict[tuple[str, int, str], Cell] = {}
@@ -154,6 +147,18 @@ def build_grid(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> Grid
             for m, v in values.items():
                 cells[(m, j, metric)] = Cell(v, f.winners.get(metric) == m, v == best)
     return Grid(models, columns, tuple(metrics), cells)
+
+
+def check_metrics(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> None:
+    """Every metric must be a test metric of every folder; the error names the folder that lacks it."""
+    for metric in metrics:
+        lacking = [f for f in folders if metric not in f.metrics]
+        if len(lacking) == len(folders):
+            known = dict.fromkeys(m for f in folders for m in f.metrics)
+            raise ConfigError(f"--metrics: {unknown_name_message('metric', metric, known)} (the folders' test metrics)")
+        if lacking:
+            raise ConfigError(f"--metrics: {metric!r} is not in {lacking[0].path}/results.json; "
+                              f"that folder has: {', '.join(lacking[0].metrics)}")
 
 
 def _columns(folders: Sequence[ResultsFolder]) -> tuple[GridColumn, ...]:
