@@ -43,9 +43,9 @@ class SeedSummary:
         return int(np.sum(table[self.models.index(model)] == best))
 
     def best_mean(self, metric: str) -> str:
-        means = {m: self.mean(m, metric) for m in self.models}
+        means = np.array([self.mean(m, metric) for m in self.models])
         lower = metric.partition("@")[0] in LOWER_IS_BETTER
-        return (min if lower else max)(means, key=lambda m: -math.inf if math.isnan(means[m]) else means[m])
+        return self.models[int(np.nanargmin(means) if lower else np.nanargmax(means))]
 
 
 def summarise_seeds(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> SeedSummary:
