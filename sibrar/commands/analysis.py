@@ -308,12 +308,7 @@ def _default_gap_out(run_dir: Path) -> Path:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from sibrar.report.grid import (
-        build_grid,
-        load_results_folder,
-        parse_metrics,
-        write_grid,
-    )
+    from sibrar.report.grid import build_grid, load_results_folder, parse_metrics, write_grid
 
     metrics = parse_metrics(args.metrics)
     folders = [load_results_folder(p) for p in args.results_dirs]  # every folder checked before writing

@@ -129,11 +129,7 @@ def build_grid(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> Grid
     """Merge folders (one column group each, in the given order); every metric must be in every folder."""
     if not folders:
         raise ConfigError("no results folders given")
-    seen_paths = [f.path.resolve() for f in folders]
-    for i, p in enumerate(seen_paths):
-        if p in seen_paths[:i]:
-            raise ConfigError(f"{folders[i].path}: results folder given twice")
-    check_metrics(folders, metrics)
+    check_folders(folders, metrics)
     columns = _columns(folders)
     models = tuple(dict.fromkeys(m for f in folders for m in f.models))
     cells: dict[tuple[str, int, str], Cell] = {}
@@ -149,8 +145,12 @@ def build_grid(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> Grid
     return Grid(models, columns, tuple(metrics), cells)
 
 
-def check_metrics(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> None:
-    """Every metric must be a test metric of every folder; the error names the folder that lacks it."""
+def check_folders(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> None:
+    """No folder given twice, and every metric a test metric of every folder; errors name the folder."""
+    seen_paths = [f.path.resolve() for f in folders]
+    for i, p in enumerate(seen_paths):
+        if p in seen_paths[:i]:
+            raise ConfigError(f"{folders[i].path}: results folder given twice")
     for metric in metrics:
         lacking = [f for f in folders if metric not in f.metrics]
         if len(lacking) == len(folders):

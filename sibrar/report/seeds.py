@@ -18,7 +18,7 @@ import polars as pl
 from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
 from sibrar.errors import ConfigError
 from sibrar.experiment import LOWER_IS_BETTER
-from sibrar.report.grid import ResultsFolder, check_metrics
+from sibrar.report.grid import ResultsFolder, check_folders
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,7 @@ def summarise_seeds(folders: Sequence[ResultsFolder], metrics: Sequence[str]) ->
     """Check that `folders` repeat one experiment (same name, dataset, protocol, models) and collect `metrics`."""
     if len(folders) < 2:
         raise ConfigError(f"{len(folders)} results folder(s) given; a spread over seeds needs at least 2")
-    paths = [f.path.resolve() for f in folders]
-    for i, p in enumerate(paths):
-        if p in paths[:i]:
-            raise ConfigError(f"{folders[i].path}: results folder given twice")
+    check_folders(folders, metrics)
     first = folders[0]
     for f in folders[1:]:
         for field in ("experiment", "dataset", "protocol"):
@@ -66,7 +63,6 @@ def summarise_seeds(folders: Sequence[ResultsFolder], metrics: Sequence[str]) ->
             odd = sorted(set(f.models) ^ set(first.models))
             raise ConfigError(f"{f.path}: models differ from {first.path} ({', '.join(odd)}); "
                               "expected the same models in every repeat")
-    check_metrics(folders, metrics)
     values = {(m, k): np.array([f.test[m].get(k, math.nan) for f in folders]) for m in first.models for k in metrics}
     return SeedSummary(tuple(folders), first.models, tuple(metrics), values)
 
