@@ -29,6 +29,11 @@ LOWER_IS_BETTER = ("arp", "gini")  # popularity-bias metrics: smaller is better
 DEFAULT_TABLE = ("precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
 
 
+def lower_is_better(metric: str) -> bool:
+    """True for metrics such as 'arp@10' where a smaller value is the better one."""
+    return metric.partition("@")[0] in LOWER_IS_BETTER
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     label: str
@@ -179,9 +184,8 @@ def significance(outcomes: Sequence[ModelOutcome], metric: str) -> str | None:
     users = outcomes[0].users
     if any(not np.array_equal(o.users, users) for o in outcomes):
         raise ConfigError("models were evaluated on different users; significance needs the same test users")
-    name = metric.partition("@")[0]
     return best_model_significance({o.label: o.per_user[metric] for o in outcomes},
-                                   higher_is_better=name not in LOWER_IS_BETTER).winner
+                                   higher_is_better=not lower_is_better(metric)).winner
 
 
 def _slug(label: str) -> str:

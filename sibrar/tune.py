@@ -103,9 +103,9 @@ class Search:
 
     @property
     def direction(self) -> str:
-        from sibrar.experiment import LOWER_IS_BETTER
+        from sibrar.experiment import lower_is_better
 
-        return "minimize" if self.metric.partition("@")[0] in LOWER_IS_BETTER else "maximize"
+        return "minimize" if lower_is_better(self.metric) else "maximize"
 
     def config(self, values: Mapping[str, Any]) -> RunConfig:
         """The run config of a trial: the base with each searched value set at its path."""

@@ -13,7 +13,7 @@ import polars as pl
 
 from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
 from sibrar.errors import ConfigError
-from sibrar.experiment import DEFAULT_TABLE, LOWER_IS_BETTER
+from sibrar.experiment import DEFAULT_TABLE, lower_is_better
 from sibrar.registry import unknown_name_message
 
 SCENARIOS = {"random": "Warm", "temporal": "Temporal", "cold_item": "Cold item", "cold_user": "Cold user",
@@ -138,8 +138,7 @@ def build_grid(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> Grid
         for metric in metrics:
             values = {m: f.test[m].get(metric, math.nan) for m in f.models}
             finite = [v for v in values.values() if not math.isnan(v)]
-            lower = metric.partition("@")[0] in LOWER_IS_BETTER
-            best = (min(finite) if lower else max(finite)) if finite else math.nan
+            best = (min(finite) if lower_is_better(metric) else max(finite)) if finite else math.nan
             for m, v in values.items():
                 cells[(m, j, metric)] = Cell(v, f.winners.get(metric) == m, v == best)
     return Grid(models, columns, tuple(metrics), cells)

@@ -17,7 +17,7 @@ import polars as pl
 
 from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
 from sibrar.errors import ConfigError
-from sibrar.experiment import LOWER_IS_BETTER
+from sibrar.experiment import lower_is_better
 from sibrar.report.grid import ResultsFolder, check_folders
 
 
@@ -38,14 +38,12 @@ class SeedSummary:
     def wins(self, model: str, metric: str) -> int:
         """In how many folders `model` had the best value of `metric` (ties count for every tied model)."""
         table = np.stack([self.values[(m, metric)] for m in self.models])  # (models, folders)
-        lower = metric.partition("@")[0] in LOWER_IS_BETTER
-        best = np.nanmin(table, axis=0) if lower else np.nanmax(table, axis=0)
+        best = np.nanmin(table, axis=0) if lower_is_better(metric) else np.nanmax(table, axis=0)
         return int(np.sum(table[self.models.index(model)] == best))
 
     def best_mean(self, metric: str) -> str:
         means = np.array([self.mean(m, metric) for m in self.models])
-        lower = metric.partition("@")[0] in LOWER_IS_BETTER
-        return self.models[int(np.nanargmin(means) if lower else np.nanargmax(means))]
+        return self.models[int(np.nanargmin(means) if lower_is_better(metric) else np.nanargmax(means))]
 
 
 def summarise_seeds(folders: Sequence[ResultsFolder], metrics: Sequence[str]) -> SeedSummary:
@@ -78,11 +76,12 @@ def seeds_markdown(summary: SeedSummary, title: str) -> str:
              f"(best mean in **bold**); wins = runs in which the model had the best value.", "",
              "| model | " + " | ".join(f"{k} | wins" for k in summary.metrics) + " |",
              "|---|" + "---:|---:|" * len(summary.metrics)]
+    best = {metric: summary.best_mean(metric) for metric in summary.metrics}
     for model in summary.models:
         cells = []
         for metric in summary.metrics:
             text = f"{summary.mean(model, metric):.4f} ± {summary.std(model, metric):.4f}"
-            cells += [f"**{text}**" if summary.best_mean(metric) == model else text, f"{summary.wins(model, metric)}/{n}"]
+            cells += [f"**{text}**" if best[metric] == model else text, f"{summary.wins(model, metric)}/{n}"]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", "", "| results folder | split hash |", "|---|---|"]
     lines += [f"| `{f.path}` | `{f.split_hash[:12]}` |" for f in summary.folders]
