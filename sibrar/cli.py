@@ -7,6 +7,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from sibrar.commands import register_all
 from sibrar.errors import SibrarError, TrainingError
 
 
@@ -14,8 +15,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sibrar", description="Single-branch multimodal recommendation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from sibrar.commands import register_all
-
     register_all(sub)
     return parser
 

@@ -15,7 +15,9 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from sibrar.errors import ConfigError
+from sibrar.errors import ConfigError, UnknownNameError
+from sibrar.eval.metrics import DEFAULT_METRICS, METRICS
+from sibrar.registry import MODELS
 
 T = TypeVar("T")
 
@@ -265,15 +267,13 @@ class RunConfig:
 
 
 def parse_run_config(data: Mapping[str, Any], where: str = "") -> RunConfig:
-    """A RunConfig from a dict; `model.name` picks the model's config class from the registry."""
-    from sibrar.models.base import MODELS, load_builtin_models
-
+    """A RunConfig from a dict; `model.name` picks the model's config class from `sibrar.registry.MODELS`
+    (filled when `sibrar.models` is imported, which `import sibrar` does)."""
     data = dict(data)
     model = data.pop("model", None) or {"name": "sibrar"}
     if not isinstance(model, Mapping):
         raise ConfigError(f"{_join(where, 'model')}: expected a mapping with a 'name' (one of the registered models)")
     model = {"name": "sibrar", **model}  # the default model, as when the section is absent (`--set model.dim=64`)
-    load_builtin_models()
     entry = MODELS.get(str(model["name"]))
     model_cfg = from_dict(entry.config_cls, model, _join(where, "model"))
     base = from_dict(RunConfig, data, where)
@@ -284,9 +284,6 @@ def parse_run_config(data: Mapping[str, Any], where: str = "") -> RunConfig:
 def _check_monitor(config: RunConfig, where: str) -> None:
     """eval.metrics must be registered and train.monitor one of the validation keys they give, checked
     here so a typo fails before any data is read, not after the first validation pass."""
-    from sibrar.errors import UnknownNameError
-    from sibrar.eval.metrics import DEFAULT_METRICS, METRICS
-
     names = DEFAULT_METRICS if config.eval.metrics is None else config.eval.metrics
     for i, name in enumerate(names):
         try:

@@ -10,28 +10,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from sibrar.config import RunConfig, apply_overrides, load_yaml, parse_run_config
 from sibrar.errors import ConfigError
+from sibrar.eval.evaluator import evaluate, parse_view
 from sibrar.eval.metrics import METRICS
-from sibrar.eval.stats import best_model_significance
+from sibrar.report.tables import write_results
+from sibrar.results import DEFAULT_TABLE, LOWER_IS_BETTER, ModelOutcome, lower_is_better, significance
+from sibrar.train.run import RunResult, can_continue, load_finished_run, prepare, train_run
+from sibrar.train.trainer import Callback
 
-if TYPE_CHECKING:
-    from sibrar.train.run import RunResult
-    from sibrar.train.trainer import Callback
-
-LOWER_IS_BETTER = ("arp", "gini")  # popularity-bias metrics: smaller is better
-DEFAULT_TABLE = ("precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
-
-
-def lower_is_better(metric: str) -> bool:
-    """True for metrics such as 'arp@10' where a smaller value is the better one."""
-    return metric.partition("@")[0] in LOWER_IS_BETTER
+__all__ = ["DEFAULT_TABLE", "LOWER_IS_BETTER", "Experiment", "ModelOutcome", "ModelSpec", "load_experiment",
+           "lower_is_better", "parse_experiment", "run_experiment", "significance"]
 
 
 @dataclass(frozen=True)
@@ -47,21 +40,6 @@ class Experiment:
     views: tuple[str, ...] = ()
     table_metrics: tuple[str, ...] = DEFAULT_TABLE
     source: str = ""
-
-
-@dataclass
-class ModelOutcome:
-    label: str
-    model_name: str
-    run_dir: Path
-    test: dict[str, float]
-    valid: dict[str, float]
-    per_user: dict[str, np.ndarray]
-    users: np.ndarray
-    history: list[dict[str, float]]
-    views: dict[str, dict[str, float]] = field(default_factory=dict)
-    seconds: float = 0.0
-    best_epoch: int = -1
 
 
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
@@ -105,8 +83,6 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
         if not k.isdigit() or int(k) not in first.eval.ks:
             raise ConfigError(f"{where}: table_metrics entry {key!r}: expected METRIC@K with K in eval.ks {list(first.eval.ks)}")
     views = tuple(str(v) for v in raw.get("views") or ())
-    from sibrar.eval.evaluator import parse_view
-
     for view in views:  # syntax only here; modality names are checked against each trained model
         parse_view(view, 1, 1)
     return Experiment(str(raw.get("name") or default_name), tuple(specs), views, table, where)
@@ -133,9 +109,6 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
     `callbacks_for(spec)` gives each model's Trainer callbacks (e.g. MLflow tracking); `on_model_end` sees
     each model's result and outcome (views included) once it is evaluated, before the next one trains.
     """
-    from sibrar.eval.evaluator import evaluate, parse_view
-    from sibrar.train.run import can_continue, load_finished_run, prepare, train_run
-
     out = Path(out)
     cache: dict[Any, Any] = {}
     outcomes: list[ModelOutcome] = []
@@ -169,23 +142,10 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
         outcomes.append(outcome)
         if on_model_end is not None:
             on_model_end(spec, result, outcome)
-    from sibrar.report.tables import write_results
-
     meta = {"experiment": experiment.name, "source": experiment.source, "dataset": prep.dataset.name,
             "synthetic": prep.dataset.synthetic, "protocol": prep.split.protocol, "split_hash": prep.split.hash,
             "candidates": experiment.models[0].config.eval.candidates}
     return write_results(out, outcomes, experiment.table_metrics, meta)
-
-
-def significance(outcomes: Sequence[ModelOutcome], metric: str) -> str | None:
-    """The label of the model significantly better than all others on `metric` (paired t-test, Bonferroni)."""
-    if len(outcomes) < 2 or metric not in outcomes[0].per_user:
-        return None
-    users = outcomes[0].users
-    if any(not np.array_equal(o.users, users) for o in outcomes):
-        raise ConfigError("models were evaluated on different users; significance needs the same test users")
-    return best_model_significance({o.label: o.per_user[metric] for o in outcomes},
-                                   higher_is_better=not lower_is_better(metric)).winner
 
 
 def _slug(label: str) -> str:

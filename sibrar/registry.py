@@ -1,9 +1,16 @@
-"""A tiny name -> object registry whose lookup errors list the valid names and the closest match."""
+"""Name -> object registries whose lookup errors list the valid names and the closest match.
+
+This module sits at the bottom of the package (it imports only `sibrar.errors`), so the config
+parser can resolve `model.name` here without importing the models: each model module registers
+itself (with its config dataclass) when it is imported, and `import sibrar` imports `sibrar.models`,
+so the built-in models are registered before any config is parsed from Python or the command line.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from sibrar.errors import UnknownNameError
@@ -49,3 +56,15 @@ def unknown_name_message(kind: str, name: str, valid: object) -> str:
     close = difflib.get_close_matches(str(name), names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown {kind} {name!r}{hint} valid: {', '.join(names) or '(none)'}"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its class (a `sibrar.models.base.Model`) and the frozen dataclass that
+    parses its `model:` section."""
+
+    cls: type
+    config_cls: type
+
+
+MODELS: Registry[ModelEntry] = Registry("model")

@@ -13,7 +13,7 @@ import torch
 from sibrar.config import EvalConfig, RunConfig, parse_run_config
 from sibrar.errors import ConfigError
 from sibrar.eval.evaluator import evaluate, missing_view, subset_view
-from sibrar.models.base import MODELS, Batch, Model, create_model, load_builtin_models
+from sibrar.models.base import MODELS, Batch, Model, create_model
 from sibrar.models.baselines.clcrec import CLCRec
 from sibrar.models.baselines.dropoutnet import DropoutNet
 from sibrar.train.run import Prepared, prepare, train_run
@@ -105,7 +105,6 @@ def scores(model: Model, users: torch.Tensor, items: torch.Tensor) -> torch.Tens
 
 
 def test_every_baseline_is_registered_with_its_config() -> None:
-    load_builtin_models()
     for name in ("rand", "pop", "mf", "deepmf", "dropoutnet", "clcrec", "multibranch", "sibrar"):
         assert name in MODELS
         assert MODELS.get(name).config_cls().name == name

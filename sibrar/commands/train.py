@@ -167,9 +167,8 @@ def _log_evaluation(args: argparse.Namespace, uri: str, run: LoadedRun, candidat
 
 
 def _models(args: argparse.Namespace) -> int:
-    from sibrar.models.base import MODELS, load_builtin_models
+    from sibrar.registry import MODELS  # filled by `import sibrar` (which imports sibrar.models)
 
-    load_builtin_models()
     for name in MODELS.names():
         entry = MODELS.get(name)
         doc = (entry.cls.__doc__ or "").strip().splitlines()[0] if entry.cls.__doc__ else ""

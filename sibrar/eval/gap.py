@@ -21,14 +21,13 @@ from torch.nn import functional as F
 from sibrar.data.inputs import ModelInputs
 from sibrar.errors import ConfigError
 from sibrar.models.base import Model, SideView, View
+from sibrar.models.sibrar import Tower
 
 GAP_COLUMNS = ("n_items", "cos_own", "cos_random", "cos_ratio", "l2_own", "l2_random", "l2_ratio", "centroid_gap")
 
 
 def branch_modalities(model: Model) -> tuple[str, ...]:
     """The item modalities `model` embeds through a branch (SiBraR, multibranch), or a ConfigError."""
-    from sibrar.models.sibrar import Tower
-
     tower = getattr(model, "item_tower", None)
     if not isinstance(tower, Tower):
         raise ConfigError(f"modality gap needs a model whose item tower embeds each modality on its own "

@@ -1,4 +1,4 @@
-"""The one Model interface every recommender implements, views, batches and the model registry."""
+"""The one Model interface every recommender implements, views, batches and model registration."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from sibrar.data.inputs import ModelInputs
-from sibrar.registry import Registry
+from sibrar.registry import MODELS, ModelEntry
 
 
 @dataclass(frozen=True)
@@ -99,18 +99,9 @@ class Model(nn.Module, ABC):
         return torch.device("cpu")
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    """A registered model: its class and the frozen dataclass that parses its `model:` section."""
-
-    cls: type[Model]
-    config_cls: type
-
-
-MODELS: Registry[ModelEntry] = Registry("model")
-
-
 def register_model(name: str, config_cls: type) -> Callable[[type[Model]], type[Model]]:
+    """Class decorator: register a model and its config dataclass under `name` in `sibrar.registry.MODELS`."""
+
     def decorator(cls: type[Model]) -> type[Model]:
         cls.name = name
         MODELS.register(name)(ModelEntry(cls, config_cls))
@@ -119,14 +110,6 @@ def register_model(name: str, config_cls: type) -> Callable[[type[Model]], type[
     return decorator
 
 
-def load_builtin_models() -> None:
-    """Import the modules whose decorators fill MODELS."""
-    import sibrar.models.sibrar  # noqa: F401
-    import sibrar.models.multibranch  # noqa: F401
-    import sibrar.models.baselines  # noqa: F401
-
-
 def create_model(config: Any, inputs: ModelInputs) -> Model:
     """Instantiate the registered model named by `config.name`."""
-    load_builtin_models()
     return MODELS.get(config.name).cls(config, inputs)

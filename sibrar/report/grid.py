@@ -13,7 +13,7 @@ import polars as pl
 
 from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
 from sibrar.errors import ConfigError
-from sibrar.experiment import DEFAULT_TABLE, lower_is_better
+from sibrar.results import DEFAULT_TABLE, lower_is_better
 from sibrar.registry import unknown_name_message
 
 SCENARIOS = {"random": "Warm", "temporal": "Temporal", "cold_item": "Cold item", "cold_user": "Cold user",

@@ -17,7 +17,7 @@ import polars as pl
 
 from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
 from sibrar.errors import ConfigError
-from sibrar.experiment import lower_is_better
+from sibrar.results import lower_is_better
 from sibrar.report.grid import ResultsFolder, check_folders
 
 

@@ -5,23 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
 from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
 from sibrar.report.figures import pyplot, save_figure
-
-if TYPE_CHECKING:
-    from sibrar.experiment import ModelOutcome
+from sibrar.results import ModelOutcome, significance
 
 
 def write_results(out: Path, outcomes: Sequence[ModelOutcome], table_metrics: Sequence[str],
                   meta: Mapping[str, Any]) -> dict[str, Any]:
     """results.csv (one row per model, a `model` column, metric columns like `ndcg@10`),
     results.json, results.md (with † for significance over all others) and PNG plots."""
-    from sibrar.experiment import significance
-
     out.mkdir(parents=True, exist_ok=True)
     metric_keys = list(outcomes[0].test)
     winners = {m: significance(outcomes, m) for m in metric_keys if m in outcomes[0].per_user}

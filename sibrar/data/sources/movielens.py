@@ -26,7 +26,7 @@ import polars as pl
 
 from sibrar.data.atomic import AtomicTable, read_atomic, write_atomic
 from sibrar._io import write_json_atomic
-from sibrar.data.sources import register_source
+from sibrar.data.sources.base import register_source
 from sibrar.errors import FetchError
 from sibrar.paths import data_root
 

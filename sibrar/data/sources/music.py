@@ -18,7 +18,7 @@ import polars as pl
 from sibrar.data.atomic import FieldType, atomic_path, write_atomic
 from sibrar._io import write_json_atomic
 from sibrar.data.features import FEATURES_DIR, write_features
-from sibrar.data.sources import register_source
+from sibrar.data.sources.base import register_source
 from sibrar.errors import ConfigError, DataError, DataWarning, FetchError
 
 _LINE = "__line"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sibrar.data.sources import register_source
+from sibrar.data.sources.base import register_source
 from sibrar.data.sources.music import GENRES, TOP_COUNTRIES, FeatureArrays, MusicTables, _write_meta
 from sibrar.errors import ConfigError
 

@@ -1,0 +1,26 @@
+"""Optuna hyperparameter search judged on validation only: `sibrar tune` and experiment-level studies.
+
+`space` parses a search (parameters, `when:` conditions, subsets), `study` runs one (storage, resume,
+heartbeat, workers), `runner` is the `sibrar tune` command's loop and report.
+"""
+
+from sibrar.tune.components import PRUNERS, SAMPLERS
+from sibrar.tune.runner import TuneResult, finalize, tune
+from sibrar.tune.space import Param, Search, load_search, parse_search
+from sibrar.tune.study import (
+    PruningCallback,
+    Tracking,
+    enqueue_default,
+    open_storage,
+    open_study,
+    run_worker,
+    spawn_workers,
+    study_parent_run,
+    suggest,
+)
+
+__all__ = [
+    "PRUNERS", "SAMPLERS", "Param", "PruningCallback", "Search", "Tracking", "TuneResult", "enqueue_default",
+    "finalize", "load_search", "open_storage", "open_study", "parse_search", "run_worker", "spawn_workers",
+    "study_parent_run", "suggest", "tune",
+]
