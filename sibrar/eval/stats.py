@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 import torch
 
 from sibrar.errors import ConfigError
@@ -49,6 +48,8 @@ def paired_t_test(a: np.ndarray, b: np.ndarray) -> PairedTest:
     mean_diff = float((a - b).mean()) if n_pairs else math.nan
     if n_pairs < 2:
         return PairedTest(math.nan, math.nan, mean_diff, n_pairs)
+    import scipy.stats  # here, not at the top: it takes ~1 s and `import sibrar` (the CLI) reaches this module
+
     with np.errstate(divide="ignore", invalid="ignore"):
         result = scipy.stats.ttest_rel(a, b)
     return PairedTest(float(result.statistic), float(result.pvalue), mean_diff, n_pairs)
