@@ -4,6 +4,10 @@ An experiment YAML holds a shared `base` run config (data, split, train, eval), 
 (each a label, a `model:` section and optional `train:`/`eval:` overrides), and optional missing-
 modality `views` evaluated on test without retraining. `run_experiment` trains every model into
 `<out>/runs/<label>` and writes results.{md,csv,json} plus PNG plots through `sibrar.report`.
+
+An optional `tune:` section (and per-model `space:` / `tune: false`) asks for one equal-budget
+Optuna study per model on validation first; it is kept here as written and carried out by
+`sibrar.tune.compare`, which hands the tuned configs back to `run_experiment`.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from sibrar.train.run import RunResult, can_continue, load_finished_run, prepare
 from sibrar.train.trainer import Callback
 
 __all__ = ["DEFAULT_TABLE", "LOWER_IS_BETTER", "Experiment", "ModelOutcome", "ModelSpec", "load_experiment",
-           "lower_is_better", "parse_experiment", "run_experiment", "significance"]
+           "lower_is_better", "parse_experiment", "run_experiment", "significance", "slug"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     label: str
     config: RunConfig
+    space: Mapping[str, Any] | None = None  # search-space overrides for this model (`space:`), as written
+    tune: bool = True  # False: never tuned (`tune: false`), reported as untuned
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Experiment:
     views: tuple[str, ...] = ()
     table_metrics: tuple[str, ...] = DEFAULT_TABLE
     source: str = ""
+    tune: Mapping[str, Any] | None = None  # the `tune:` section as written (checked by sibrar.tune.compare)
 
 
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
@@ -50,9 +57,12 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
 
 
 def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_name: str = "experiment") -> Experiment:
-    unknown = set(raw) - {"name", "base", "models", "views", "table_metrics"}
+    unknown = set(raw) - {"name", "base", "models", "views", "table_metrics", "tune"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key {min(unknown)!r}; valid keys: name, base, models, views, table_metrics")
+        raise ConfigError(f"{where}: unknown key {min(unknown)!r}; valid keys: name, base, models, views, table_metrics, tune")
+    tune = raw.get("tune")
+    if tune is not None and not isinstance(tune, Mapping):
+        raise ConfigError(f"{where}: field 'tune' must be a mapping such as {{trials: 20, metric: ndcg@10}}, got {tune!r}")
     base = raw.get("base") or {}
     models = raw.get("models")
     if not models or not isinstance(models, list):
@@ -62,13 +72,18 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
         at = f"{where}: models[{i}]"
         if not isinstance(entry, Mapping) or "model" not in entry:
             raise ConfigError(f"{at}: expected a mapping with a 'model' section")
-        extra = set(entry) - {"label", "model", "train", "eval"}
+        extra = set(entry) - {"label", "model", "train", "eval", "space", "tune"}
         if extra:
-            raise ConfigError(f"{at}: unknown key {min(extra)!r}; valid keys: label, model, train, eval")
+            raise ConfigError(f"{at}: unknown key {min(extra)!r}; valid keys: label, model, train, eval, space, tune")
         merged = _merge(dict(base), {k: entry[k] for k in ("model", "train", "eval") if k in entry})
         config = parse_run_config(merged, f"{at}")
         label = str(entry.get("label") or config.model.name)
-        specs.append(ModelSpec(label, config))
+        space = entry.get("space")
+        if space is not None and not isinstance(space, Mapping):
+            raise ConfigError(f"{at}: field 'space' must map config paths to parameter specs (or null to drop one), got {space!r}")
+        if not isinstance(entry.get("tune", True), bool):
+            raise ConfigError(f"{at}: field 'tune' must be true or false, got {entry['tune']!r}")
+        specs.append(ModelSpec(label, config, space, bool(entry.get("tune", True))))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}: duplicate model labels {labels}; give each a distinct 'label'")
@@ -85,7 +100,7 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
     views = tuple(str(v) for v in raw.get("views") or ())
     for view in views:  # syntax only here; modality names are checked against each trained model
         parse_view(view, 1, 1)
-    return Experiment(str(raw.get("name") or default_name), tuple(specs), views, table, where)
+    return Experiment(str(raw.get("name") or default_name), tuple(specs), views, table, where, tune)
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,7 +114,7 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
                    log: Callable[[str], None] = print,
                    callbacks_for: Callable[[ModelSpec], Sequence[Callback]] | None = None,
                    on_model_end: Callable[[ModelSpec, RunResult, ModelOutcome], None] | None = None,
-                   resume: bool = False) -> dict[str, Any]:
+                   resume: bool = False, tuning: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train and evaluate every model on the shared split; write the report folder.
 
     With `resume`, a model whose run folder under `out/runs` finished with the same config and split
@@ -108,6 +123,8 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
 
     `callbacks_for(spec)` gives each model's Trainer callbacks (e.g. MLflow tracking); `on_model_end` sees
     each model's result and outcome (views included) once it is evaluated, before the next one trains.
+    `tuning` ({"budget": {...}, "models": {label: {...}}}, from `sibrar.tune.compare`) is reported next to
+    the test values; the configs in `experiment` are then the tuned ones.
     """
     out = Path(out)
     cache: dict[Any, Any] = {}
@@ -122,7 +139,7 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
         log(f"[{i}/{len(experiment.models)}] {spec.label} ({spec.config.model.name})")
         t0 = time.perf_counter()
         callbacks = callbacks_for(spec) if callbacks_for is not None else ()
-        run_dir = out / "runs" / _slug(spec.label)
+        run_dir = out / "runs" / slug(spec.label)
         result = load_finished_run(spec.config, run_dir, prep) if resume else None
         if result is None:
             result = train_run(spec.config, run_dir, callbacks=callbacks, progress=progress, prepared=prep,
@@ -133,7 +150,8 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
             log(f"    reused the finished run {run_dir}")
         outcome = ModelOutcome(spec.label, spec.config.model.name, result.run_dir or out, result.test.summary,
                                result.valid.summary, result.test.per_user, result.test.users, result.train.history,
-                               seconds=seconds, best_epoch=result.train.best_epoch)
+                               seconds=seconds, best_epoch=result.train.best_epoch,
+                               tuning=dict(tuning["models"][spec.label]) if tuning else None)
         for view_spec in experiment.views:
             view = parse_view(view_spec, prep.inputs.n_users, prep.inputs.n_items, seed=spec.config.eval.seed)
             outcome.views[view_spec] = evaluate(result.model, prep.inputs, prep.split, "test", spec.config.eval, view=view).summary
@@ -145,8 +163,11 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
     meta = {"experiment": experiment.name, "source": experiment.source, "dataset": prep.dataset.name,
             "synthetic": prep.dataset.synthetic, "protocol": prep.split.protocol, "split_hash": prep.split.hash,
             "candidates": experiment.models[0].config.eval.candidates}
+    if tuning:
+        meta["tuning"] = dict(tuning["budget"])
     return write_results(out, outcomes, experiment.table_metrics, meta)
 
 
-def _slug(label: str) -> str:
+def slug(label: str) -> str:
+    """A label as a folder name (runs/<slug>, studies/<slug>)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)

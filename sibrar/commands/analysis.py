@@ -173,11 +173,11 @@ def results_runs(results_dir: Path) -> tuple[dict[str, Path], list[str]]:
         models = json.loads(payload.read_text(encoding="utf-8"))["models"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"{payload}: not a `sibrar run` results.json (no 'models' mapping)") from exc
-    from sibrar.experiment import _slug
+    from sibrar.experiment import slug
 
     runs = {}
     for label, info in models.items():
-        local = results_dir / "runs" / _slug(label)  # the folder may have moved since it was written
+        local = results_dir / "runs" / slug(label)  # the folder may have moved since it was written
         runs[label] = local if local.is_dir() else Path(str(info.get("run_dir", local)))
     order = _csv_order(results_dir / "results.csv")  # results.json is written with sorted keys
     runs = {label: runs[label] for label in sorted(runs, key=lambda m: order.index(m) if m in order else len(order))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sibrar.commands.train import add_tracking_arguments, ending_on_error, tracking_uri
 
@@ -23,7 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="override a value of the experiment file, e.g. --set base.train.epochs=3")
     run.add_argument("--resume", action="store_true",
                      help="reuse the finished model runs under OUT/runs trained with the same config, continue "
-                          "interrupted ones from their last checkpoint, train the rest")
+                          "interrupted ones from their last checkpoint, train the rest; continue interrupted studies")
+    run.add_argument("--tune", type=int, metavar="N",
+                     help="first tune every model that has a search space with its own N-trial Optuna study on "
+                          "validation (the same budget, sampler seed and pruner for all; sets tune.trials)")
+    run.add_argument("--no-tune", action="store_true", help="ignore the file's tune: section (train the configs as written)")
+    run.add_argument("--storage", help="with tuning: SQLAlchemy URL or journal path for the studies "
+                                       "(default: a journal file per model under OUT/studies/)")
+    run.add_argument("--workers", type=int, help="with tuning: local worker processes per study (default 1)")
     run.add_argument("--no-progress", action="store_true")
     add_tracking_arguments(run)
     run.set_defaults(func=_run)
@@ -42,20 +49,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from sibrar.experiment import load_experiment, run_experiment
+    from sibrar.tune.compare import parse_tune_settings, tune_experiment
 
     experiment = load_experiment(args.experiment, args.overrides)
     out = Path(args.out) if args.out else Path("results") / experiment.name
     uri = tracking_uri(args)
+    tuning = None
+    if (experiment.tune is not None or args.tune is not None) and not args.no_tune:
+        settings = parse_tune_settings(experiment.tune, experiment.source, trials=args.tune, storage=args.storage,
+                                       workers=args.workers)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is logged once, by sibrar
+        experiment, tuning = tune_experiment(experiment, out, settings, resume=args.resume)  # checks every space first
+    elif args.storage or args.workers:
+        print("sibrar: note: --storage and --workers apply to tuning only (--tune N or a tune: section)")
     if uri is None:
-        run_experiment(experiment, out, progress=not args.no_progress, resume=args.resume)
+        run_experiment(experiment, out, progress=not args.no_progress, resume=args.resume, tuning=tuning)
     else:
-        _run_tracked(experiment, out, uri, args)
+        _run_tracked(experiment, out, uri, args, tuning)
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"report folder: {out}")
     return 0
 
 
-def _run_tracked(experiment: Experiment, out: Path, uri: str, args: argparse.Namespace) -> None:
+def _run_tracked(experiment: Experiment, out: Path, uri: str, args: argparse.Namespace,
+                 tuning: dict[str, Any] | None = None) -> None:
     """One parent MLflow run for the experiment (the results folder as artifacts), one child run per model."""
     from sibrar.experiment import ModelOutcome, ModelSpec, run_experiment
     from sibrar.tracking import (
@@ -89,7 +108,7 @@ def _run_tracked(experiment: Experiment, out: Path, uri: str, args: argparse.Nam
 
         with ending_on_error(trackers.values()):
             payload = run_experiment(experiment, out, progress=not args.no_progress, callbacks_for=callbacks_for,
-                                     on_model_end=on_model_end, resume=args.resume)
+                                     on_model_end=on_model_end, resume=args.resume, tuning=tuning)
         files = [out / name for name in ("results.md", "results.csv", "results.json", "REPORT.md") if (out / name).is_file()]
         log_to_run(uri, parent_id, files=[*files, *sorted(out.glob("*.png"))],
                    tags={k: str(payload[k]) for k in ("dataset", "protocol", "split_hash") if k in payload}

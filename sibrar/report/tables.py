@@ -29,7 +29,8 @@ def write_results(out: Path, outcomes: Sequence[ModelOutcome], table_metrics: Se
     payload = {
         **meta,
         "models": {o.label: {"model": o.model_name, "test": o.test, "valid": o.valid, "best_epoch": o.best_epoch,
-                             "seconds": o.seconds, "views": o.views, "run_dir": str(o.run_dir)} for o in outcomes},
+                             "seconds": o.seconds, "views": o.views, "run_dir": str(o.run_dir),
+                             **({"tuning": o.tuning} if o.tuning is not None else {})} for o in outcomes},
         "significant_winner": winners,
     }
     write_json_atomic(out / "results.json", payload)
@@ -48,6 +49,8 @@ def render_markdown(outcomes: Sequence[ModelOutcome], table_metrics: Sequence[st
              "Best per column in **bold**; † = significantly better than every other model "
              "(paired two-sided t-test on per-user values, Bonferroni-corrected, α = 0.05).", ""]
     lines += comparison_table(outcomes, table_metrics, winners)
+    if meta.get("tuning"):
+        lines += ["", *tuning_section(outcomes, meta["tuning"])]
     views = [v for v in outcomes[0].views]
     if views:
         lines += ["", "## Missing modalities (test, no retraining)", "",
@@ -71,8 +74,45 @@ def comparison_table(outcomes: Sequence[ModelOutcome], metrics: Sequence[str], w
             v = o.test.get(m, math.nan)
             text = f"{v:.4f}" + ("†" if winners.get(m) == o.label else "")
             cells.append(f"**{text}**" if v == best[m] else text)
-        lines.append(f"| {o.label} | " + " | ".join(cells) + " |")
+        untuned = " (untuned)" if o.tuning is not None and not o.tuning.get("tuned") else ""
+        lines.append(f"| {o.label}{untuned} | " + " | ".join(cells) + " |")
     return lines
+
+
+def tuning_section(outcomes: Sequence[ModelOutcome], budget: Mapping[str, Any]) -> list[str]:
+    """The budget, and per model its study's best validation value, the final run's validation and
+    test values and the tuned settings (or why it was not tuned)."""
+    metric = str(budget["metric"])
+    lines = ["## Tuning (equal budget, validation only)", "",
+             f"Every tuned model had its own Optuna study of **{budget['trials']} trials** on validation {metric} "
+             f"(sampler {_spec(budget['sampler'])}, pruner {_spec(budget['pruner'])}, {budget.get('workers', 1)} "
+             "worker(s)); trial 0 is the file's config when it lies inside the space. The best trial's config was "
+             "then trained once more and tested once; no test value was read during tuning.", "",
+             f"| model | trials (complete / pruned / failed) | valid {metric}, file's config | valid, best trial "
+             f"| valid, final run | test {metric} | tuned settings |", "|---|---|---:|---:|---:|---:|---|"]
+    for o in outcomes:
+        t = o.tuning or {}
+        final_valid, test = o.valid.get(metric, math.nan), o.test.get(metric, math.nan)
+        if not t.get("tuned"):
+            lines.append(f"| {o.label} | untuned ({t.get('reason', 'not in the study plan')}) | – | – | {final_valid:.4f} "
+                         f"| {test:.4f} | – |")
+            continue
+        counts = t.get("counts", {})
+        settings = ", ".join(f"`{k}`={_value(v)}" for k, v in t.get("params", {}).items()) or "(the file's config won)"
+        default = "outside the space" if t.get("default_valid") is None else f"{t['default_valid']:.4f}"
+        lines.append(f"| {o.label} | {counts.get('complete', 0)} / {counts.get('pruned', 0)} / {counts.get('fail', 0)} "
+                     f"| {default} | {t.get('valid', math.nan):.4f} (trial {t.get('best_trial')}) | {final_valid:.4f} "
+                     f"| {test:.4f} | {settings} |")
+    return lines
+
+
+def _spec(spec: Mapping[str, Any]) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    return f"{spec.get('name')}" + (f" ({options})" if options else "")
+
+
+def _value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _rel(value: float, base: float) -> str:

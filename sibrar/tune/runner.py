@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,13 @@ from sibrar.report.figures import pyplot, save_figure
 from sibrar.tracking import MLflowCallback, end_run, log_to_run
 from sibrar.train.run import train_run
 from sibrar.tune.space import Search
-from sibrar.tune.study import Tracking, enqueue_default, open_storage, open_study, run_worker, spawn_workers
+from sibrar.tune.study import Tracking, enqueue_default, open_storage, open_study, redact_url, run_worker, spawn_workers
+
 
 @dataclass
 class TuneResult:
+    """A finished study: its best trial on validation, the config it gives, and the trial counts."""
+
     study_name: str
     best_value: float
     best_trial: int
@@ -32,24 +35,36 @@ class TuneResult:
     test: dict[str, float] | None
     counts: dict[str, int]
     out: Path
+    best_params: dict[str, Any] = field(default_factory=dict)  # the searched values of the best trial
 
 
 def tune(search: Search, trials: int, out: str | Path, *, storage: str | None = None, study_name: str | None = None,
-         workers: int = 1, tracking: Tracking = Tracking(), final: bool = True,
-         log: Callable[[str], None] = print) -> TuneResult | None:
-    """Run (or resume, or join) a study with `workers` local processes, then test the best config once."""
+         workers: int = 1, tracking: Tracking = Tracking(), final: bool = True, test: bool = True,
+         resume: bool = True, seed_offset: int | None = None, log: Callable[[str], None] = print) -> TuneResult | None:
+    """Run (or resume, or join) a study with `workers` local processes, then test the best config once.
+
+    `test=False` stops after best.yaml and the tables (an experiment tests the tuned config itself);
+    `resume=False` refuses a study that already holds trials; `seed_offset` as in `open_study`.
+    """
     if trials < 0 or workers < 1:
         raise ConfigError(f"--trials must be >= 0 and --workers >= 1, got {trials} and {workers}")
     out = Path(out)
     study_name = study_name or search.name
     store = open_storage(storage, out)
-    study = open_study(search, store, study_name)
+    study = open_study(search, store, study_name, seed_offset=seed_offset)
+    held = len(study.get_trials(deepcopy=False))
+    if held and not resume:
+        raise ConfigError(f"study {study_name!r} ({redact_url(storage) if storage else out / 'study.journal'}) already holds {held} trials; "
+                          "pass --resume to continue it, or write to another --out")
     enqueue_default(search, study, log)
     if workers == 1:
         run_worker(search, study, trials, out, tracking=tracking, log=log)
     else:
         spawn_workers(search, trials, out, storage or str(out / "study.journal"), study_name, workers, tracking)
-    return finalize(search, open_study(search, store, study_name), out, tracking=tracking, log=log) if final else None
+    if not final:
+        return None
+    return finalize(search, open_study(search, store, study_name, seed_offset=seed_offset), out, tracking=tracking,
+                    test=test, log=log)
 
 
 def finalize(search: Search, study: Any, out: Path, *, tracking: Tracking = Tracking(), test: bool = True,
@@ -91,7 +106,7 @@ def finalize(search: Search, study: Any, out: Path, *, tracking: Tracking = Trac
         + (f" (default {default:.4f})" if default is not None else ""))
     if test_summary:
         log(f"test of the best config: {search.metric} {test_summary.get(search.metric, float('nan')):.4f}  -> {out / 'best_run'}")
-    return TuneResult(study.study_name, best.value, best.number, default, best_config, test_summary, counts, out)
+    return TuneResult(study.study_name, best.value, best.number, default, best_config, test_summary, counts, out, values)
 
 
 def _log_study(tracking: Tracking, summary: Mapping[str, Any], out: Path) -> None:

@@ -109,7 +109,7 @@ class Search:
     def defaults(self) -> dict[str, Any]:
         """Each parameter's value in the unmodified config (None when the path is unset there)."""
         resolved = to_dict(self.config({}))
-        return {p.path: _lookup(resolved, p.path) for p in self.params}
+        return {p.path: lookup(resolved, p.path) for p in self.params}
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -143,7 +143,7 @@ def parse_search(raw: Mapping[str, Any], where: str = "search", default_name: st
     seen: set[str] = set()
     for p in params:
         for path, _, _ in p.when:
-            if path not in seen and _lookup(resolved, path, missing=KeyError) is KeyError:
+            if path not in seen and lookup(resolved, path, missing=KeyError) is KeyError:
                 raise ConfigError(f"{where}: search.space.{p.path}.when: {path!r} is neither an earlier parameter nor a config value")
         seen.add(p.path)
     out = Search(str(raw.get("name") or default_name), base, params, metric,
@@ -167,7 +167,7 @@ def _check_metric(metric: str, config: RunConfig, where: str) -> None:
 
 
 def _parse_param(path: str, spec: Any, resolved: Mapping[str, Any], where: str) -> Param:
-    if _lookup(resolved, path, missing=KeyError) is KeyError:
+    if lookup(resolved, path, missing=KeyError) is KeyError:
         raise ConfigError(f"{where}: unknown parameter {path!r}: no such value in the resolved config "
                           f"(sections: {', '.join(resolved)}); check the spelling against `sibrar train --help` configs")
     if not isinstance(spec, Mapping) or spec.get("type") not in ("float", "int", "categorical", "subset"):
@@ -227,7 +227,8 @@ def _probe_values(p: Param) -> list[Any]:
     return list(p.choices)
 
 
-def _lookup(tree: Mapping[str, Any], path: str, missing: Any = None) -> Any:
+def lookup(tree: Mapping[str, Any], path: str, missing: Any = None) -> Any:
+    """The value at dotted `path` in a nested dict, or `missing` when a part is absent."""
     node: Any = tree
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:

@@ -49,11 +49,12 @@ def open_storage(storage: str | None, out: Path) -> Any:
                 time.sleep(1 + attempt)
                 continue
             first = text.splitlines()[0] if text else type(exc).__name__
-            raise ConfigError(f"--storage {_redact(storage)}: cannot open the study storage: {first}") from exc
+            raise ConfigError(f"--storage {redact_url(storage)}: cannot open the study storage: {first}") from exc
     raise AssertionError("unreachable")
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
+    """A storage URL with its password replaced by ***, for messages."""
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
     return f"{scheme}{sep}{creds.partition(':')[0]}:***@{host}" if at and ":" in creds else url
