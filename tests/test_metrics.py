@@ -67,6 +67,23 @@ def test_ap_is_normalised_by_all_relevant_items_not_by_k():
     assert report.per_user["map@2"][0] == pytest.approx(2 / 5)
 
 
+def test_recbole_map_divides_by_min_k_and_relevant_count():
+    # user 0: 5 relevant, hits at ranks 1, 3 and 4 of the top 4: P@1 + P@3 + P@4 = 1 + 2/3 + 3/4
+    # user 1: 2 relevant, hit at rank 2 only: P@2 = 1/2
+    topk = np.array([[0, 9, 1, 2], [8, 5, 7, 6]])
+    truth = _truth([[0, 1, 2, 3, 4], [5, 4]], 10)
+    m = compute_metrics(topk, truth, ks=[4], metrics=["map", "map_recbole"]).per_user
+    numerator = 1 + 2 / 3 + 3 / 4
+    np.testing.assert_allclose(m["map_recbole@4"], [numerator / 4, (1 / 2) / 2])  # ÷ min(4, 5), ÷ min(4, 2)
+    np.testing.assert_allclose(m["map@4"], [numerator / 5, (1 / 2) / 2])  # ÷ |rel|: equal when |rel| <= k
+
+
+def test_recbole_map_of_a_perfect_list_is_one():
+    report = compute_metrics(np.array([[0, 1, 9]]), _truth([[0, 1, 2, 3, 4]], 10), ks=[2], metrics=["map", "map_recbole"])
+    assert report.per_user["map_recbole@2"][0] == pytest.approx(1.0)
+    assert report.per_user["map@2"][0] == pytest.approx(2 / 5)
+
+
 def test_hand_computed_distribution_metrics():
     topk = np.array([[0, 1], [0, 2], [0, 1], [3, -1]])
     truth = _truth([[0], [1], [2], [3]], n_items=5)

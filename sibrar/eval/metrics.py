@@ -8,7 +8,9 @@ ndcg@k         sum_{j<=k} r_j / log2(j+1), divided by the same sum for min(|rel|
 recall@k       hits in top-k / |rel|
 precision@k    hits in top-k / k (padding slots count as misses)
 map@k          AP@k = sum_{j<=k} P@j * r_j / |rel| -- normalised by |rel|, *not* min(k, |rel|), as
-               the reference code does; so a perfect list scores min(k, |rel|) / |rel|
+               the reference code (SiBraR's `rmet`) does; so a perfect list scores min(k, |rel|) / |rel|
+map_recbole@k  the same sum divided by min(k, |rel|), as RecBole's MAP@k: a perfect list scores 1, so
+               numbers compare with RecBole-based papers (equal to map@k for users with |rel| <= k)
 mrr@k          1 / rank of the first hit in top-k, 0 if none
 hit@k          1 if any hit in top-k else 0
 f1@k           harmonic mean of precision@k and recall@k, 0 when both are 0
@@ -76,7 +78,7 @@ class MetricReport:
 
 METRICS: Registry[MetricSpec] = Registry("metric")
 DEFAULT_METRICS: tuple[str, ...] = (
-    "ndcg", "recall", "precision", "map", "mrr", "hit", "f1",
+    "ndcg", "recall", "precision", "map", "map_recbole", "mrr", "hit", "f1",
     "coverage", "arp", "tail_share", "gini", "entropy",
 )  # reporting order; arp and tail_share are dropped when no popularity is given
 
@@ -200,11 +202,21 @@ def _precision(r: _Ranked, k: int) -> np.ndarray:
     return r.rel[:, :k].sum(1) / k
 
 
-@_metric("map")
-def _average_precision(r: _Ranked, k: int) -> np.ndarray:
+def _precision_sum(r: _Ranked, k: int) -> np.ndarray:
+    """(U,) sum over hit ranks j <= k of P@j, the numerator both AP normalisations share."""
     hits = r.rel[:, :k]
     precision_at_j = np.cumsum(hits, 1) / np.arange(1, k + 1)  # (U, k)
-    return (precision_at_j * hits).sum(1) / r.n_rel
+    return (precision_at_j * hits).sum(1)
+
+
+@_metric("map")
+def _average_precision(r: _Ranked, k: int) -> np.ndarray:
+    return _precision_sum(r, k) / r.n_rel
+
+
+@_metric("map_recbole")
+def _average_precision_recbole(r: _Ranked, k: int) -> np.ndarray:
+    return _precision_sum(r, k) / np.minimum(r.n_rel, k)
 
 
 @_metric("mrr")
