@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,15 @@ def test_no_tune_trains_the_file_configs_as_written(planted: Path, tmp_path: Pat
     assert "Tuning" not in (tmp_path / "out" / "results.md").read_text()
     experiment = load_experiment(tmp_path / "exp.yaml")
     assert dataclasses.asdict(experiment.models[1].config.model)["dim"] == 32
+
+
+def test_worker_processes_share_one_study_per_model(planted: Path, tmp_path: Path) -> None:
+    raw = experiment_raw(planted)
+    raw["models"] = raw["models"][:2]  # Pop (untuned) and MF
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, raw)), "--tune", "2", "--workers", "2", "--out", str(out), "--no-progress"]) == 0
+    trials = journal_trials(out / "studies" / "MF", "fair-MF")
+    assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert all(not w.endswith(f":{os.getpid()}") for w in workers)  # run by the spawned processes, not this one
+    assert json.loads((out / "results.json").read_text())["tuning"]["workers"] == 2
