@@ -166,7 +166,7 @@ def test_a_file_space_overrides_drops_and_untunes(planted: Path) -> None:
     ({"tune": {"trials": 2, "metric": "ndcg@50"}}, "'ndcg@50' is not computed on validation"),
 ])
 def test_a_bad_tune_section_fails_before_any_training(planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                       change: dict, message: str) -> None:
+                                                      change: dict, message: str) -> None:
     path = write(tmp_path, {**experiment_raw(planted), **change})
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err

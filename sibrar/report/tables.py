@@ -151,5 +151,3 @@ def plot_bars(outcomes: Sequence[ModelOutcome], metrics: Sequence[str], path: Pa
 def _title(meta: Mapping[str, Any], what: str) -> str:
     synthetic = " [SYNTHETIC]" if meta.get("synthetic") else ""
     return f"{meta.get('dataset')} {meta.get('protocol')}{synthetic}: {what}"
-
-

@@ -1,6 +1,6 @@
 """The search space of a study: the search file, its parameters, `when:` conditions and subsets.
 
-Optuna hyperparameter search over one run config is judged on a VALIDATION metric only.
+Optuna hyperparameter search over one run config, judged on a VALIDATION metric only.
 
 A search file holds the run config to start from (`base` data/split/train/eval + one `model`
 section) and a `search` section: the objective metric, the sampler and pruner (seeded, never
@@ -17,13 +17,8 @@ Optuna's defaults) and the space, keyed by dotted config paths::
         model.item.temperature: {type: float, low: 0.01, high: 0.5, log: true,
                                  when: {model.item.contrastive_weight: {gt: 0}}}
 
-Trial 0 of a new study is the unmodified config, so the study always contains the default to beat.
-Studies live in a storage: a journal file under the output folder by default (safe for several
-processes on one machine), or any SQLAlchemy URL (PostgreSQL for workers on several machines, which
-join with `load_if_exists`). Every worker stops once the study holds `trials` trials; trials left
-RUNNING by a dead process are marked failed when the study is opened again, so a study resumes.
+Every edge of the space (range ends, each choice) is checked to give a valid config before a trial runs.
 """
-
 
 from __future__ import annotations
 

@@ -1,5 +1,12 @@
 """A study: its storage (journal file or database), resume (orphaned trials failed), heartbeats,
-the worker loop that trains each trial on validation, and local worker processes."""
+the worker loop that trains each trial on validation, and local worker processes.
+
+Trial 0 of a new study is the unmodified config, so the study always contains the default to beat.
+Studies live in a storage: a journal file under the output folder by default (safe for several
+processes on one machine), or any SQLAlchemy URL (PostgreSQL for workers on several machines, which
+join with `load_if_exists`). Every worker stops once the study holds `trials` trials; trials left
+RUNNING by a dead process are marked failed when the study is opened again, so a study resumes.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from sibrar.train.run import prepare, train_run
 from sibrar.train.trainer import Callback
 from sibrar.tune.components import PRUNERS, SAMPLERS, build_component
 from sibrar.tune.space import Search
+
 
 def open_storage(storage: str | None, out: Path) -> Any:
     """A journal file under `out` (default), a journal file path, or an SQLAlchemy URL, checked now."""
@@ -113,8 +121,6 @@ class PruningCallback(Callback):
             self.trial.report(float(logs[self.key]), step=epoch + 1)  # step 0 = the untrained model
             if self.trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: {self.key} {logs[self.key]:.4f} below the pruner's threshold")
-
-
 
 
 @dataclass(frozen=True)
@@ -226,9 +232,8 @@ def study_parent_run(uri: str, experiment: str, study_name: str, search: Search)
                               tags={"optuna.study": study_name, "sibrar.role": "study", "sibrar.metric": f"valid/{search.metric}"})
 
 
-
 def spawn_workers(search: Search, trials: int, out: Path, storage: str, study_name: str, workers: int,
-                   tracking: Tracking) -> None:
+                  tracking: Tracking) -> None:
     """`workers` processes of `sibrar tune --worker`, each with its share of the CPU threads."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     search_file = out / "search.yaml"
