@@ -202,3 +202,29 @@ def test_worker_processes_share_one_study_per_model(planted: Path, tmp_path: Pat
     workers = {t.user_attrs["worker"] for t in trials}
     assert all(not w.endswith(f":{os.getpid()}") for w in workers)  # run by the spawned processes, not this one
     assert json.loads((out / "results.json").read_text())["tuning"]["workers"] == 2
+
+
+def test_tuned_settings_are_reused_for_other_seeds_without_new_studies(tuned: Path, planted: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, experiment_raw(planted, trials=None))
+    out = tmp_path / "seed5"
+    assert main(["run", str(path), "--tuned-from", str(tuned), "--set", "base.train.seed=5", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert not (out / "studies").exists()
+    first, again = (json.loads((d / "results.json").read_text()) for d in (tuned, out))
+    for label in ("MF", "SiBraR"):
+        a = load_yaml(Path(first["models"][label]["run_dir"]) / "config.yaml")
+        b = load_yaml(Path(again["models"][label]["run_dir"]) / "config.yaml")
+        assert b["train"].pop("seed") == 5 and a["train"].pop("seed") == 42  # TrainConfig's default seed
+        assert a == b  # the same tuned settings, another seed
+        assert again["models"][label]["tuning"] == first["models"][label]["tuning"]
+    assert f"taken from `{tuned}`" in (out / "results.md").read_text()
+    assert main(["seeds", str(tuned), str(out), "--out", str(tmp_path / "seeds")]) == 0
+
+
+def test_tuned_from_a_run_without_tuning_is_refused(planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    raw = experiment_raw(planted, trials=None)
+    raw["models"] = raw["models"][:1]
+    path = write(tmp_path, raw)
+    assert main(["run", str(path), "--out", str(tmp_path / "plain"), "--no-progress"]) == 0
+    assert main(["run", str(path), "--tuned-from", str(tmp_path / "plain"), "--out", str(tmp_path / "x")]) == 2
+    assert "comes from a run without tuning" in capsys.readouterr().err

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="first tune every model that has a search space with its own N-trial Optuna study on "
                           "validation (the same budget, sampler seed and pruner for all; sets tune.trials)")
     run.add_argument("--no-tune", action="store_true", help="ignore the file's tune: section (train the configs as written)")
+    run.add_argument("--tuned-from", metavar="DIR", help="no studies: train each model with the settings a tuned run "
+                                                       "chose (DIR/results.json), e.g. with another --set base.train.seed")
     run.add_argument("--storage", help="with tuning: SQLAlchemy URL or journal path for the studies "
                                        "(default: a journal file per model under OUT/studies/)")
     run.add_argument("--workers", type=int, help="with tuning: local worker processes per study (default 1)")
@@ -49,13 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from sibrar.experiment import load_experiment, run_experiment
-    from sibrar.tune.compare import parse_tune_settings, tune_experiment
+    from sibrar.tune.compare import parse_tune_settings, reuse_tuning, tune_experiment
 
     experiment = load_experiment(args.experiment, args.overrides)
     out = Path(args.out) if args.out else Path("results") / experiment.name
     uri = tracking_uri(args)
     tuning = None
-    if (experiment.tune is not None or args.tune is not None) and not args.no_tune:
+    if args.tuned_from:
+        experiment, tuning = reuse_tuning(experiment, args.tuned_from)
+    elif (experiment.tune is not None or args.tune is not None) and not args.no_tune:
         settings = parse_tune_settings(experiment.tune, experiment.source, trials=args.tune, storage=args.storage,
                                        workers=args.workers)
         import optuna

@@ -87,7 +87,9 @@ def tuning_section(outcomes: Sequence[ModelOutcome], budget: Mapping[str, Any]) 
              f"Every tuned model had its own Optuna study of **{budget['trials']} trials** on validation {metric} "
              f"(sampler {_spec(budget['sampler'])}, pruner {_spec(budget['pruner'])}, {budget.get('workers', 1)} "
              "worker(s)); trial 0 is the file's config when it lies inside the space. The best trial's config was "
-             "then trained once more and tested once; no test value was read during tuning.", "",
+             "then trained once more and tested once; no test value was read during tuning."
+             + (f" Here the tuned settings were taken from `{budget['from']}` (its studies, not rerun) and "
+                "trained again with this run's config (e.g. another seed)." if budget.get("from") else ""), "",
              f"| model | trials (complete / pruned / failed) | valid {metric}, file's config | valid, best trial "
              f"| valid, final run | test {metric} | tuned settings |", "|---|---|---:|---:|---:|---:|---|"]
     for o in outcomes:

@@ -20,6 +20,7 @@ without a space (Rand, Pop), leaves a model untuned, and the report says so.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from sibrar.errors import ConfigError
 from sibrar.experiment import Experiment, ModelSpec, slug
 from sibrar.tune.components import PRUNERS, SAMPLERS, check_component
 from sibrar.tune.runner import TuneResult, tune
-from sibrar.tune.space import Search, lookup, parse_search
+from sibrar.tune.space import Search, config_with, lookup, parse_search
 
 SPACES_FILE = Path(__file__).resolve().parents[1] / "configs" / "search_spaces.yaml"
 TUNE_KEYS = ("trials", "metric", "sampler", "pruner", "storage", "workers")
@@ -161,6 +162,34 @@ def tune_experiment(experiment: Experiment, out: str | Path, settings: TuneSetti
         specs.append(dataclasses.replace(plan.spec, config=result.best_config))
         report[plan.spec.label] = _study_report(plan, result, settings, folder)
     return dataclasses.replace(experiment, models=tuple(specs)), {"budget": settings.budget(), "models": report}
+
+
+def reuse_tuning(experiment: Experiment, tuned_dir: str | Path) -> tuple[Experiment, dict[str, Any]]:
+    """The experiment with the settings an earlier tuned run chose (its results.json), no study run:
+    e.g. the same tuned configs trained with other seeds (`--tuned-from DIR --set base.train.seed=1`)."""
+    path = Path(tuned_dir) / "results.json"
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--tuned-from {tuned_dir}: cannot read {path}: {exc}") from exc
+    budget, models = payload.get("tuning"), payload.get("models", {})
+    if not budget:
+        raise ConfigError(f"--tuned-from {tuned_dir}: {path} comes from a run without tuning (no 'tuning' entry)")
+    missing = [spec.label for spec in experiment.models if "tuning" not in models.get(spec.label, {})]
+    if missing:
+        raise ConfigError(f"--tuned-from {tuned_dir}: no tuning recorded for model(s) {', '.join(missing)}; "
+                          f"tuned there: {', '.join(sorted(models))}")
+    specs, report = [], {}
+    for i, spec in enumerate(experiment.models):
+        tuning = dict(models[spec.label]["tuning"])
+        if tuning.get("tuned"):
+            values = {"train.monitor": budget["metric"], **tuning["params"]}
+            config = config_with(to_dict(spec.config), values, f"{experiment.source}: models[{i}] ({spec.label}) "
+                                                               f"with the settings of {tuned_dir}")
+            spec = dataclasses.replace(spec, config=config)
+        specs.append(spec)
+        report[spec.label] = tuning
+    return dataclasses.replace(experiment, models=tuple(specs)), {"budget": {**budget, "from": str(tuned_dir)}, "models": report}
 
 
 def _study_report(plan: PlannedStudy, result: TuneResult, settings: TuneSettings, folder: Path) -> dict[str, Any]:

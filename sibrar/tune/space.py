@@ -98,13 +98,18 @@ class Search:
 
     def config(self, values: Mapping[str, Any]) -> RunConfig:
         """The run config of a trial: the base with each searched value set at its path."""
-        raw = apply_overrides(self.base, [f"{path}={json.dumps(value)}" for path, value in values.items()])
-        return parse_run_config(raw, f"{self.source}: trial config")
+        return config_with(self.base, values, f"{self.source}: trial config")
 
     def defaults(self) -> dict[str, Any]:
         """Each parameter's value in the unmodified config (None when the path is unset there)."""
         resolved = to_dict(self.config({}))
         return {p.path: lookup(resolved, p.path) for p in self.params}
+
+
+def config_with(base: Mapping[str, Any], values: Mapping[str, Any], where: str) -> RunConfig:
+    """A raw run config with each value set at its dotted path, parsed."""
+    raw = apply_overrides(dict(base), [f"{path}={json.dumps(value)}" for path, value in values.items()])
+    return parse_run_config(raw, where)
 
 
 # ------------------------------------------------------------------------------------ parsing
