@@ -228,3 +228,21 @@ def test_tuned_from_a_run_without_tuning_is_refused(planted: Path, tmp_path: Pat
     assert main(["run", str(path), "--out", str(tmp_path / "plain"), "--no-progress"]) == 0
     assert main(["run", str(path), "--tuned-from", str(tmp_path / "plain"), "--out", str(tmp_path / "x")]) == 2
     assert "comes from a run without tuning" in capsys.readouterr().err
+
+
+def test_with_mlflow_each_study_is_a_run_with_its_trials_nested(planted: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    raw = experiment_raw(planted)
+    raw["models"] = raw["models"][:2]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["run", str(write(tmp_path, raw)), "--tune", "2", "--out", str(tmp_path / "out"), "--no-progress",
+                 "--tracking-uri", uri, "--mlflow-experiment", "fair"]) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fair").experiment_id])
+    studies = [r for r in runs if r.data.tags.get("sibrar.role") == "study"]
+    assert [r.data.tags["optuna.study"] for r in studies] == ["fair-MF"] and studies[0].info.status == "FINISHED"
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == studies[0].info.run_id]
+    assert sorted(r.data.tags["optuna.trial"] for r in trials) == ["0", "1"]
+    assert not any("test/ndcg_at_10" in r.data.metrics for r in [*studies, *trials])  # tuning logs validation only
+    assert any(r.data.tags.get("label") == "MF" and "test/ndcg_at_10" in r.data.metrics for r in runs)  # the final run

@@ -65,7 +65,8 @@ def _run(args: argparse.Namespace) -> int:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is logged once, by sibrar
-        experiment, tuning = tune_experiment(experiment, out, settings, resume=args.resume)  # checks every space first
+        experiment, tuning = tune_experiment(experiment, out, settings, resume=args.resume, tracking_uri=uri,
+                                             mlflow_experiment=args.mlflow_experiment)  # checks every space first
     elif args.storage or args.workers:
         print("sibrar: note: --storage and --workers apply to tuning only (--tune N or a tune: section)")
     if uri is None:

@@ -32,6 +32,7 @@ from sibrar.experiment import Experiment, ModelSpec, slug
 from sibrar.tune.components import PRUNERS, SAMPLERS, check_component
 from sibrar.tune.runner import TuneResult, tune
 from sibrar.tune.space import Search, config_with, lookup, parse_search
+from sibrar.tune.study import Tracking, study_parent_run
 
 SPACES_FILE = Path(__file__).resolve().parents[1] / "configs" / "search_spaces.yaml"
 TUNE_KEYS = ("trials", "metric", "sampler", "pruner", "storage", "workers")
@@ -137,9 +138,13 @@ def _applicable(defaults: Mapping[str, Any], resolved: Mapping[str, Any]) -> tup
 
 
 def tune_experiment(experiment: Experiment, out: str | Path, settings: TuneSettings, *, resume: bool = False,
+                    tracking_uri: str | None = None, mlflow_experiment: str = "sibrar",
                     log: Callable[[str], None] = print) -> tuple[Experiment, dict[str, Any]]:
     """Run every model's study on validation; return the experiment with the best configs and the
-    tuning report (`run_experiment(..., tuning=...)`). Nothing here evaluates the test split."""
+    tuning report (`run_experiment(..., tuning=...)`). Nothing here evaluates the test split.
+
+    With `tracking_uri`, each study is an MLflow run (`study-<experiment>-<label>`) with its trials nested.
+    """
     plans = plan_studies(experiment, settings)
     out = Path(out)
     tuned = [p for p in plans if p.search is not None]
@@ -155,8 +160,12 @@ def tune_experiment(experiment: Experiment, out: str | Path, settings: TuneSetti
         log(f"[tune {i}/{len(plans)}] {plan.spec.label}: study {plan.search.name!r}, {len(plan.search.params)} parameters"
             + (f" (left out, not in this config: {', '.join(plan.left_out)})" if plan.left_out else ""))
         folder = out / "studies" / slug(plan.spec.label)
+        tracking = Tracking()
+        if tracking_uri is not None:
+            parent = study_parent_run(tracking_uri, mlflow_experiment, plan.search.name, plan.search)
+            tracking = Tracking(tracking_uri, mlflow_experiment, parent)
         result = tune(plan.search, settings.trials, folder, storage=settings.storage, study_name=plan.search.name,
-                      workers=settings.workers, test=False, resume=resume, seed_offset=0,
+                      workers=settings.workers, tracking=tracking, test=False, resume=resume, seed_offset=0,
                       log=lambda m: log(f"    {m}"))
         assert result is not None
         specs.append(dataclasses.replace(plan.spec, config=result.best_config))
