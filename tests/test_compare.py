@@ -246,3 +246,11 @@ def test_with_mlflow_each_study_is_a_run_with_its_trials_nested(planted: Path, t
     assert sorted(r.data.tags["optuna.trial"] for r in trials) == ["0", "1"]
     assert not any("test/ndcg_at_10" in r.data.metrics for r in [*studies, *trials])  # tuning logs validation only
     assert any(r.data.tags.get("label") == "MF" and "test/ndcg_at_10" in r.data.metrics for r in runs)  # the final run
+
+
+def test_the_report_page_carries_the_tuning_table(tuned: Path) -> None:
+    assert main(["report", str(tuned)]) == 0
+    page = (tuned / "REPORT.md").read_text()
+    assert "## Tuning (equal budget, validation only)" in page and "| Pop | untuned (no search space for pop)" in page
+    payload = json.loads((tuned / "results.json").read_text())
+    assert f"{payload['models']['SiBraR']['tuning']['valid']:.4f}" in page

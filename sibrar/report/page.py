@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sibrar._io import write_text_atomic
 from sibrar.errors import ConfigError
+from sibrar.report.tables import tuning_section
 
 HEADLINE = ("precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
 
@@ -29,6 +30,9 @@ def write_report(folder: Path) -> Path:
     for label, info in models.items():
         cells = [f"{info['test'].get(m, math.nan):.4f}" + ("†" if winners.get(m) == label else "") for m in metrics]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if data.get("tuning"):
+        rows = [(label, info.get("tuning"), info.get("valid", {}), info["test"]) for label, info in models.items()]
+        lines += ["", *tuning_section(rows, data["tuning"])]
     views = sorted({v for info in models.values() for v in info.get("views", {})})
     if views:
         lines += ["", "## Missing modalities (nDCG@10, relative change)", "",

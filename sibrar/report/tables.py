@@ -50,7 +50,7 @@ def render_markdown(outcomes: Sequence[ModelOutcome], table_metrics: Sequence[st
              "(paired two-sided t-test on per-user values, Bonferroni-corrected, α = 0.05).", ""]
     lines += comparison_table(outcomes, table_metrics, winners)
     if meta.get("tuning"):
-        lines += ["", *tuning_section(outcomes, meta["tuning"])]
+        lines += ["", *tuning_section([(o.label, o.tuning, o.valid, o.test) for o in outcomes], meta["tuning"])]
     views = [v for v in outcomes[0].views]
     if views:
         lines += ["", "## Missing modalities (test, no retraining)", "",
@@ -79,9 +79,10 @@ def comparison_table(outcomes: Sequence[ModelOutcome], metrics: Sequence[str], w
     return lines
 
 
-def tuning_section(outcomes: Sequence[ModelOutcome], budget: Mapping[str, Any]) -> list[str]:
-    """The budget, and per model its study's best validation value, the final run's validation and
-    test values and the tuned settings (or why it was not tuned)."""
+def tuning_section(rows: Sequence[tuple[str, Mapping[str, Any] | None, Mapping[str, float], Mapping[str, float]]],
+                   budget: Mapping[str, Any]) -> list[str]:
+    """The budget, and per model (label, tuning, valid, test) its study's best validation value, the final
+    run's validation and test values and the tuned settings (or why it was not tuned)."""
     metric = str(budget["metric"])
     lines = ["## Tuning (equal budget, validation only)", "",
              f"Every tuned model had its own Optuna study of **{budget['trials']} trials** on validation {metric} "
@@ -92,17 +93,17 @@ def tuning_section(outcomes: Sequence[ModelOutcome], budget: Mapping[str, Any]) 
                 "trained again with this run's config (e.g. another seed)." if budget.get("from") else ""), "",
              f"| model | trials (complete / pruned / failed) | valid {metric}, file's config | valid, best trial "
              f"| valid, final run | test {metric} | tuned settings |", "|---|---|---:|---:|---:|---:|---|"]
-    for o in outcomes:
-        t = o.tuning or {}
-        final_valid, test = o.valid.get(metric, math.nan), o.test.get(metric, math.nan)
+    for label, tuning, valid, tested in rows:
+        t = tuning or {}
+        final_valid, test = valid.get(metric, math.nan), tested.get(metric, math.nan)
         if not t.get("tuned"):
-            lines.append(f"| {o.label} | untuned ({t.get('reason', 'not in the study plan')}) | – | – | {final_valid:.4f} "
+            lines.append(f"| {label} | untuned ({t.get('reason', 'not in the study plan')}) | – | – | {final_valid:.4f} "
                          f"| {test:.4f} | – |")
             continue
         counts = t.get("counts", {})
         settings = ", ".join(f"`{k}`={_value(v)}" for k, v in t.get("params", {}).items()) or "(the file's config won)"
         default = "outside the space" if t.get("default_valid") is None else f"{t['default_valid']:.4f}"
-        lines.append(f"| {o.label} | {counts.get('complete', 0)} / {counts.get('pruned', 0)} / {counts.get('fail', 0)} "
+        lines.append(f"| {label} | {counts.get('complete', 0)} / {counts.get('pruned', 0)} / {counts.get('fail', 0)} "
                      f"| {default} | {t.get('valid', math.nan):.4f} (trial {t.get('best_trial')}) | {final_valid:.4f} "
                      f"| {test:.4f} | {settings} |")
     return lines
