@@ -132,7 +132,7 @@ def _partition(values: np.ndarray, ratios: tuple[float, float, float], rng: np.r
     return dict(zip(shuffled.tolist(), codes.tolist()))
 
 
-def lookup(values: np.ndarray, table: dict[int, int]) -> np.ndarray:
+def _lookup(values: np.ndarray, table: dict[int, int]) -> np.ndarray:
     keys = np.fromiter(table.keys(), dtype=np.int64, count=len(table))
     vals = np.fromiter(table.values(), dtype=np.int8, count=len(table))
     lut = np.zeros(keys.max() + 1 if len(keys) else 1, dtype=np.int8)
@@ -144,13 +144,13 @@ def lookup(values: np.ndarray, table: dict[int, int]) -> np.ndarray:
 def cold_item_split(inter: pl.DataFrame, ratios: tuple[float, float, float], rng: np.random.Generator) -> pl.Series:
     """Items partitioned; a part holds all interactions of its items (held-out items unseen in train)."""
     items = inter["item_idx"].to_numpy()
-    return pl.Series("part", lookup(items, _partition(items, ratios, rng, "items")))
+    return pl.Series("part", _lookup(items, _partition(items, ratios, rng, "items")))
 
 
 @PROTOCOLS.register("cold_user")
 def cold_user_split(inter: pl.DataFrame, ratios: tuple[float, float, float], rng: np.random.Generator) -> pl.Series:
     users = inter["user_idx"].to_numpy()
-    return pl.Series("part", lookup(users, _partition(users, ratios, rng, "users")))
+    return pl.Series("part", _lookup(users, _partition(users, ratios, rng, "users")))
 
 
 @PROTOCOLS.register("cold_both")
@@ -158,8 +158,8 @@ def cold_both_split(inter: pl.DataFrame, ratios: tuple[float, float, float], rng
     """Users and items both partitioned (users first); an interaction whose user and item fall in
     different parts belongs to none and is dropped (code -1, counted in the manifest)."""
     users, items = inter["user_idx"].to_numpy(), inter["item_idx"].to_numpy()
-    user_part = lookup(users, _partition(users, ratios, rng, "users"))
-    item_part = lookup(items, _partition(items, ratios, rng, "items"))
+    user_part = _lookup(users, _partition(users, ratios, rng, "users"))
+    item_part = _lookup(items, _partition(items, ratios, rng, "items"))
     return pl.Series("part", np.where(user_part == item_part, user_part, -1).astype(np.int8))
 
 
