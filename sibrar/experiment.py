@@ -79,6 +79,7 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
     models = raw.get("models")
     if not models or not isinstance(models, list):
         raise ConfigError(f"{where}: field 'models' must be a non-empty list of {{label, model, train?, eval?}}")
+    _check_base(base, where)
     specs = []
     for i, entry in enumerate(models):
         at = f"{where}: models[{i}]"
@@ -88,7 +89,14 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
         if extra:
             raise ConfigError(f"{at}: unknown key {min(extra)!r}; valid keys: label, model, train, eval")
         merged = _merge(dict(base), {k: entry[k] for k in ("model", "train", "eval") if k in entry})
-        config = parse_run_config(merged, f"{at}")
+        try:
+            config = parse_run_config(merged, f"{at}")
+        except ConfigError as exc:
+            _check_base(base, where, with_model=False)  # a bad key of `base` is named as typed: base.train.lr
+            message = _as_typed(str(exc), f"models[{i}]", entry, base)
+            if message != str(exc):
+                raise type(exc)(message) from exc
+            raise
         label = str(entry.get("label") or config.model.name)
         specs.append(ModelSpec(label, config))
     labels = [s.label for s in specs]
@@ -110,6 +118,54 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
     for view in views:  # syntax only here; modality names are checked against each trained model
         parse_view(view, 1, 1)
     return Experiment(str(raw.get("name") or default_name), tuple(specs), views, table, where)
+
+
+def _check_base(base: Any, where: str, *, with_model: bool = True) -> None:
+    """Check the `base` section on its own, so its errors name `base.…` as the user typed it.
+
+    With `with_model`, only `base.model.name` (every entry of `models` overrides it, so a typo there
+    would otherwise be silently ignored); else the other sections, parsed without the models' overrides.
+    """
+    if not isinstance(base, Mapping):
+        raise ConfigError(f"{where}: field 'base' must be a mapping of config sections (data, split, train, eval)")
+    model = base.get("model")
+    if with_model:
+        if isinstance(model, Mapping) and "name" in model:
+            from sibrar.models.base import MODELS, load_builtin_models
+
+            load_builtin_models()
+            try:
+                MODELS.get(str(model["name"]))
+            except ConfigError as exc:
+                raise type(exc)(f"{where}: base.model.name: {exc}") from None
+        return
+    try:
+        parse_run_config({k: v for k, v in base.items() if k != "model"}, "base")
+    except ConfigError as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+
+
+def _as_typed(message: str, at: str, entry: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """Rename `models[i].model.dim` to `base.model.dim` in a message when the key came from `base`."""
+    import re
+
+    found = re.search(re.escape(at) + r"((?:\.[A-Za-z_][\w]*)+)", message)
+    if not found:
+        return message
+    keys = found.group(1).strip(".").split(".")
+    node: Any = entry
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            break
+        node = node[key]
+    else:
+        return message  # the entry itself holds the key
+    node = base
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return message
+        node = node[key]
+    return message.replace(f"{at}.", "base.")
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,6 +202,9 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
             log(f"{experiment.name}: {stats['name']}{' (SYNTHETIC)' if stats['synthetic'] else ''} "
                 f"{stats['users']:,} users / {stats['items']:,} items / {stats['interactions']:,} interactions; "
                 f"split {prep.split.protocol} train {prep.split.train.height:,} valid {prep.split.valid.height:,} test {prep.split.test.height:,}")
+            known = {side: list(prep.inputs.features(side).modalities) for side in ("user", "item")}
+            for view_spec in experiment.views:  # a mistyped modality fails now, not after the first model trained
+                parse_view(view_spec, prep.inputs.n_users, prep.inputs.n_items, modalities=known)
         log(f"[{i}/{len(experiment.models)}] {spec.label} ({spec.config.model.name})")
         t0 = time.perf_counter()
         callbacks = callbacks_for(spec) if callbacks_for is not None else ()
@@ -162,7 +221,8 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
                                result.valid.summary, result.test.per_user, result.test.users, result.train.history,
                                seconds=seconds, best_epoch=result.train.best_epoch)
         for view_spec in experiment.views:
-            view = parse_view(view_spec, prep.inputs.n_users, prep.inputs.n_items, seed=spec.config.eval.seed)
+            view = parse_view(view_spec, prep.inputs.n_users, prep.inputs.n_items, seed=spec.config.eval.seed,
+                              modalities=known)
             outcome.views[view_spec] = evaluate(result.model, prep.inputs, prep.split, "test", spec.config.eval, view=view).summary
         log(f"    test ndcg@10 {outcome.test.get('ndcg@10', float('nan')):.4f}  recall@10 {outcome.test.get('recall@10', float('nan')):.4f}"
             f"  ({seconds:.0f} s, best epoch {outcome.best_epoch})")

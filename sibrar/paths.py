@@ -27,11 +27,20 @@ def resolve_dataset(name_or_path: str | Path, root: str | Path | None = None) ->
     else:
         folder = data_root(root) / str(name_or_path)
         if not folder.is_dir():
-            raise DataError(
-                f"dataset {str(name_or_path)!r} not found: it is neither a folder nor fetched under {data_root(root)}; "
-                f"run `sibrar data fetch {name_or_path}` or pass a folder of atomic files"
-            )
+            raise DataError(f"dataset {str(name_or_path)!r} not found: it is neither a folder nor fetched under "
+                            f"{data_root(root)}; {_fetch_advice(str(name_or_path))}")
     name = folder.name
     if not (folder / f"{name}.inter").is_file():
         raise DataError(f"{folder}: expected the interaction file {name}.inter in the dataset folder")
     return folder, name
+
+
+def _fetch_advice(name: str) -> str:
+    """`run sibrar data fetch NAME` for a registered source; otherwise the registered names and the closest one."""
+    from sibrar.data.sources import SOURCES, _load_builtin_sources
+    from sibrar.registry import unknown_name_message
+
+    _load_builtin_sources()
+    if name in SOURCES:
+        return f"run `sibrar data fetch {name}` or pass a folder of atomic files"
+    return f"pass a folder of atomic files, or fetch a registered source ({unknown_name_message('source', name, SOURCES.names())})"

@@ -125,7 +125,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir, device=args.device)
     eval_cfg = run.config.eval if args.protocol is None else dataclasses.replace(run.config.eval, candidates=args.protocol)
     prep = run.prepared
-    views = [FULL_VIEW] + [parse_view(v, prep.inputs.n_users, prep.inputs.n_items) for v in args.view]
+    known = {side: list(prep.inputs.features(side).modalities) for side in ("user", "item")}
+    views = [FULL_VIEW] + [parse_view(v, prep.inputs.n_users, prep.inputs.n_items, modalities=known) for v in args.view]
     base = None
     rows = []
     for view in views:

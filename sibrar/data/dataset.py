@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sibrar._io import read_json
 from sibrar.config import DataConfig, ModalitySpec
 from sibrar.data import modalities as M
 from sibrar.data.atomic import AtomicTable, read_atomic
@@ -208,8 +208,8 @@ def _side_modalities(entity: str, table: AtomicTable | None, specs: dict[str, Mo
                      folder: Path, ids: IdMap, id_col: str) -> M.EntityFeatures:
     manifests = {}
     for path in list_feature_manifests(folder):
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("entity") == entity:
+        meta = read_json(path, "feature manifest", DataError)
+        if isinstance(meta, dict) and meta.get("entity") == entity:
             manifests[str(meta.get("modality"))] = path
     if specs is None:
         specs = {c: ModalitySpec(column=c) for c in (table.types if table else {}) if c != id_col}
@@ -267,5 +267,5 @@ def _source_meta(folder: Path, name: str) -> dict[str, Any]:
     path = folder / f"{name}.meta.json"
     meta: dict[str, Any] = {"name": name, "folder": str(folder)}
     if path.is_file():
-        meta.update(json.loads(path.read_text(encoding="utf-8")))
+        meta.update(read_json(path, "dataset description", DataError))
     return meta
