@@ -91,7 +91,7 @@ def read_bytes(path: str | Path, what: str = "file", error: type[SibrarError] = 
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise error(f"{path}: cannot read the {what}: {os_problem(exc)}; expected a readable file") from exc
+        raise error(f"{path}: cannot read {what}: {os_problem(exc)}; expected a readable file") from exc
 
 
 def decode_utf8(data: bytes, path: str | Path, what: str = "file", error: type[SibrarError] = FileReadError) -> str:
@@ -135,7 +135,7 @@ def load_torch(path: str | Path, what: str = "checkpoint", map_location: Any = "
         with path.open("rb") as fh:
             return torch.load(fh, map_location=map_location, weights_only=True)
     except OSError as exc:
-        raise FileReadError(f"{path}: cannot read the {what}: {os_problem(exc)}; expected a readable file") from exc
+        raise FileReadError(f"{path}: cannot read {what}: {os_problem(exc)}; expected a readable file") from exc
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
             AttributeError, TypeError, UnicodeDecodeError) as exc:
         size = path.stat().st_size if path.is_file() else 0

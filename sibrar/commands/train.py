@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
     train.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<protocol>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--force", action="store_true",
+                       help="replace the run already in --out (by default a folder holding a run is refused)")
     train.add_argument("--device", help="cpu, cuda, cuda:1 … (overrides train.device)")
     train.add_argument("--no-progress", action="store_true")
     add_tracking_arguments(train)
@@ -80,6 +82,10 @@ def _train(args: argparse.Namespace) -> int:
         config = load_run_config(args.config, overrides)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.out) if args.out else Path("runs") / f"{config.model.name}-{Path(config.data.dataset).name}-{config.split.protocol}-{stamp}"
+    if int(os.environ.get("RANK", "0")) == 0 and run_dir.is_dir():  # early, friendly refusal (re-checked under the lock)
+        from sibrar.train.folder import claim_allowed
+
+        claim_allowed(run_dir, resume=bool(args.resume), overwrite=args.force)
     uri = tracking_uri(args)  # every torchrun rank checks it, so a bad URI stops them all
     tracker = None
     if uri is not None and int(os.environ.get("RANK", "0")) == 0:  # one MLflow run: rank 0 runs the callbacks
@@ -90,7 +96,7 @@ def _train(args: argparse.Namespace) -> int:
         tracker.start()  # a store that refuses the run fails here, before any data is read
     with ending_on_error([tracker]):
         result = train_run(config, run_dir, callbacks=[tracker] if tracker else [], resume=bool(args.resume),
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, overwrite=args.force)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
         return 0
     print(f"best epoch {result.train.best_epoch}; test {summary_line(result)}")
@@ -141,7 +147,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.run_dir) / f"evaluate-{args.part}.json"
     from sibrar._io import write_json_atomic
 
-    write_json_atomic(out, {name: summary for name, summary in rows})
+    write_json_atomic(out, {"run_id": run.run_id, **{name: summary for name, summary in rows}})
     print(f"written {out}")
     if uri is not None:
         _log_evaluation(args, uri, run, eval_cfg.candidates, rows, out)
