@@ -43,4 +43,5 @@ def _fetch_advice(name: str) -> str:
     _load_builtin_sources()
     if name in SOURCES:
         return f"run `sibrar data fetch {name}` or pass a folder of atomic files"
-    return f"pass a folder of atomic files, or fetch a registered source ({unknown_name_message('source', name, SOURCES.names())})"
+    return (f"pass a folder of atomic files, or fetch a registered source with `sibrar data fetch SOURCE` "
+            f"({unknown_name_message('source', name, SOURCES.names())})")

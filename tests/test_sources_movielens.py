@@ -140,7 +140,7 @@ def test_failure_after_some_files_are_written_leaves_no_partial_folder(empty_roo
 
 def test_grouplens_route_without_network_is_a_fetch_error(empty_root, monkeypatch):
     monkeypatch.setenv("SIBRAR_MOVIELENS_ROUTE", "grouplens")
-    monkeypatch.setattr(ml, "_grouplens_zip", lambda name: None)
+    monkeypatch.setattr(ml, "_grouplens_zip", lambda name, cache, strict=False: None)
     with pytest.raises(FetchError, match="GroupLens zip could not be downloaded"):
         fetch("ml-1m")
     _assert_nothing_left(empty_root, "ml-1m")

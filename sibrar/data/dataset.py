@@ -15,6 +15,7 @@ from sibrar.config import DataConfig, ModalitySpec
 from sibrar.data import modalities as M
 from sibrar.data.atomic import AtomicTable, read_atomic
 from sibrar.data.features import list_feature_manifests, read_features
+from sibrar.data.integrity import verify_checksums
 from sibrar.data.preprocess import implicit, preprocess
 from sibrar.errors import ConfigError, DataError
 from sibrar.paths import resolve_dataset
@@ -120,6 +121,12 @@ def read_raw_interactions(folder: Path, name: str) -> pl.DataFrame:
         nulls = frame[col].is_null()
         if nulls.any():
             raise DataError(f"{table.path}:{frame['__line'][int(nulls.arg_true()[0])]}: empty {col}")
+    for col in ("rating", "timestamp", "count"):  # NaN and inf are refused by read_atomic already
+        negative = frame[col] < 0
+        if negative.any():
+            i = int(negative.arg_true()[0])
+            raise DataError(f"{table.path}:{frame['__line'][i]}: {col} is {frame[col][i]:g}; expected a number >= 0 "
+                            f"({int(negative.sum())} negative value(s) in the column)")
     return frame.select("user_id", "item_id", "rating", "timestamp", "count", "__line")
 
 
@@ -128,6 +135,7 @@ def load_dataset(config: DataConfig | str | Path = DataConfig()) -> Dataset:
     if not isinstance(config, DataConfig):
         config = DataConfig(dataset=str(config))
     folder, name = resolve_dataset(config.dataset, config.root)
+    verify_checksums(folder)  # a fetched folder: sizes (and hashes of touched files) as recorded
     raw = read_raw_interactions(folder, name)
     user_table = _read_side(folder / f"{name}.user", "user_id")
     item_table = _read_side(folder / f"{name}.item", "item_id")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sibrar.data.integrity import record_checksums
 from sibrar.paths import data_root
 from sibrar.registry import Registry
 
@@ -39,7 +40,9 @@ def fetch(name: str, root: str | Path | None = None, *, force: bool = False) -> 
     """Build dataset `name` into `<root>/<name>` and return that folder.
 
     The folder appears whole or not at all: the source writes into a temporary sibling that is
-    renamed at the end, so a failed download or checksum leaves nothing behind.
+    renamed at the end, so a failed download or checksum leaves nothing behind. Downloads are cached
+    in `<root>/.downloads` (the temporary folder's sibling), and the built files' checksums are
+    recorded in `<root>/<name>/checksums.json`.
     """
     _load_builtin_sources()
     source = SOURCES.get(name)
@@ -50,6 +53,7 @@ def fetch(name: str, root: str | Path | None = None, *, force: bool = False) -> 
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}.", suffix=".partial"))
     try:
         source.build(tmp, name)
+        record_checksums(tmp)  # checked on every load (sibrar.data.integrity)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
