@@ -10,9 +10,11 @@ Latin-1 bytes where UTF-8 is expected, a truncated or garbage checkpoint or inde
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,17 +133,19 @@ def load_torch(path: str | Path, what: str = "checkpoint", map_location: Any = "
     import torch
 
     path = Path(path)
+    data = read_bytes(path, what)
     try:
-        with path.open("rb") as fh:
-            return torch.load(fh, map_location=map_location, weights_only=True)
-    except OSError as exc:
-        raise FileReadError(f"{path}: cannot read {what}: {os_problem(exc)}; expected a readable file") from exc
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols before failing on them
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
             AttributeError, TypeError, UnicodeDecodeError) as exc:
-        size = path.stat().st_size if path.is_file() else 0
-        raise FileReadError(f"{path}: the {what} is truncated or corrupt ({size:,} bytes, not a readable PyTorch "
-                            f"state file: {_first_line(exc)}); expected the file sibrar wrote: train the run again "
-                            "or restore the file") from exc
+        if isinstance(exc, pickle.UnpicklingError):  # torch's text suggests weights_only=False: not passed on
+            reason = "not a PyTorch file of tensors and plain data"
+        else:
+            reason = _first_line(exc).split(". ")[0]
+        raise FileReadError(f"{path}: the {what} is truncated or corrupt ({len(data):,} bytes; {reason}); expected "
+                            "the file sibrar wrote: train the run again or restore the file") from exc
 
 
 def read_faiss_index(path: str | Path) -> Any:

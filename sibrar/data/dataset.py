@@ -169,7 +169,7 @@ def load_dataset(config: DataConfig | str | Path = DataConfig()) -> Dataset:
 
 
 def _read_side(path: Path, id_col: str) -> AtomicTable | None:
-    if not path.is_file():
+    if not path.exists():  # absent: no side file; a folder or an unreadable file in its place is an error
         return None
     table = read_atomic(path)
     if id_col not in table.types:
