@@ -241,6 +241,10 @@ class TrainConfig:
     # CPU: PyTorch's deterministic kernels, so a run repeats exactly (for a given number of threads);
     # without them multi-threaded scatter/index-add backward passes sum in a run-dependent order
     deterministic: bool = True
+    # CPU intra-op threads for training and evaluation (None: torch's default, the number of cores). The
+    # numbers depend on it (float sums are split differently), so a config meant to give the same numbers
+    # on every machine fixes it; the value used is recorded in the run's manifest.json either way
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_negatives", "patience"):
@@ -358,7 +362,7 @@ RANGES: dict[str, Range] = {
     # train
     "epochs": NON_NEGATIVE, "batch_size": AT_LEAST_ONE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
     "n_negatives": AT_LEAST_ONE, "patience": AT_LEAST_ONE, "min_epochs": NON_NEGATIVE, "grad_clip": POSITIVE,
-    "time_limit_s": POSITIVE,
+    "time_limit_s": POSITIVE, "threads": AT_LEAST_ONE,
     # eval
     "ks": AT_LEAST_ONE, "batch_users": AT_LEAST_ONE,
     # models

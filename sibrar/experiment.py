@@ -190,7 +190,7 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
     each model's result and outcome (views included) once it is evaluated, before the next one trains.
     """
     from sibrar.eval.evaluator import evaluate, parse_view
-    from sibrar.train.run import can_continue, load_finished_run, prepare, train_run
+    from sibrar.train.run import can_continue, load_finished_run, prepare, torch_threads, train_run
 
     out = Path(out)
     cache: dict[Any, Any] = {}
@@ -223,7 +223,9 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
         for view_spec in experiment.views:
             view = parse_view(view_spec, prep.inputs.n_users, prep.inputs.n_items, seed=spec.config.eval.seed,
                               modalities=known)
-            outcome.views[view_spec] = evaluate(result.model, prep.inputs, prep.split, "test", spec.config.eval, view=view).summary
+            with torch_threads(spec.config.train.threads):  # as in training: scores depend on the thread count
+                outcome.views[view_spec] = evaluate(result.model, prep.inputs, prep.split, "test", spec.config.eval,
+                                                    view=view).summary
         log(f"    test ndcg@10 {outcome.test.get('ndcg@10', float('nan')):.4f}  recall@10 {outcome.test.get('recall@10', float('nan')):.4f}"
             f"  ({seconds:.0f} s, best epoch {outcome.best_epoch})")
         outcomes.append(outcome)

@@ -83,9 +83,10 @@ def _train(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.out) if args.out else Path("runs") / f"{config.model.name}-{Path(config.data.dataset).name}-{config.split.protocol}-{stamp}"
     if int(os.environ.get("RANK", "0")) == 0 and run_dir.is_dir():  # early, friendly refusal (re-checked under the lock)
-        from sibrar.train.folder import claim_allowed
+        from sibrar.train.folder import claim_allowed, folder_lock
 
-        claim_allowed(run_dir, resume=bool(args.resume), overwrite=args.force)
+        with folder_lock(run_dir):  # a folder another process is writing is refused as such
+            claim_allowed(run_dir, resume=bool(args.resume), overwrite=args.force)
     uri = tracking_uri(args)  # every torchrun rank checks it, so a bad URI stops them all
     tracker = None
     if uri is not None and int(os.environ.get("RANK", "0")) == 0:  # one MLflow run: rank 0 runs the callbacks
@@ -125,7 +126,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from sibrar.eval.evaluator import evaluate, parse_view
     from sibrar.models.base import FULL_VIEW
-    from sibrar.train.run import load_run
+    from sibrar.train.run import load_run, torch_threads
 
     uri = tracking_uri(args)
     run = load_run(args.run_dir, device=args.device)
@@ -136,7 +137,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     base = None
     rows = []
     for view in views:
-        result = evaluate(run.model, prep.inputs, prep.split, args.part, eval_cfg, view=view)
+        with torch_threads(run.config.train.threads):  # as in training: scores depend on the thread count
+            result = evaluate(run.model, prep.inputs, prep.split, args.part, eval_cfg, view=view)
         base = base or result.summary
         rows.append((view.name, result.summary))
     keys = [k for k in ("ndcg@10", "recall@10", "precision@10", "map@10", "coverage@10") if k in base]  # type: ignore[operator]

