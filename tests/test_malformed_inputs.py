@@ -222,15 +222,15 @@ def test_negative_ratings_and_timestamps(dataset_copy, capsys, column, value):
     ("base.trian.lr=1", "unknown config key 'base.trian'; did you mean 'base.train'?"),
     ("base.train.lr=.nan", "base.train.lr is nan"),
 ])
-def test_demo_checks_its_overrides_before_fetching(tmp_path, override, expected):
-    """A separate process: the demo must fail before it fetches (an empty --root stays empty) or trains."""
+def test_demo_checks_its_overrides_before_fetching(tmp_path, capsys, override, expected):
+    """The demo must fail before it fetches (an empty --root stays empty), encodes or trains."""
     root = tmp_path / "root"
     root.mkdir()
-    proc = sibrar_process(["demo", "--root", root, "--out", tmp_path / "demo", "--set", override], tmp_path)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2, (out, err)
+    capsys.readouterr()
+    assert main(["demo", "--root", str(root), "--out", str(tmp_path / "demo"), "--set", override]) == 2
+    out, err = capsys.readouterr()
     assert expected in one_error_line(err)
-    assert "[1/3]" not in out and list(root.iterdir()) == []
+    assert "[1/3]" not in out and list(root.iterdir()) == [] and not (tmp_path / "demo").exists()
 
 
 def test_mistyped_view_modality_suggests_the_name(run_copy, capsys):
