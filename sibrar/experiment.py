@@ -8,6 +8,7 @@ modality `views` evaluated on test without retraining. `run_experiment` trains e
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,8 +148,6 @@ def _check_base(base: Any, where: str, *, with_model: bool = True) -> None:
 
 def _as_typed(message: str, at: str, entry: Mapping[str, Any], base: Mapping[str, Any]) -> str:
     """Rename `models[i].model.dim` to `base.model.dim` in a message when the key came from `base`."""
-    import re
-
     found = re.search(re.escape(at) + r"((?:\.[A-Za-z_][\w]*)+)", message)
     if not found:
         return message
