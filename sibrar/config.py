@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from sibrar._io import read_text
 from sibrar.errors import ConfigError, UnknownNameError
 from sibrar.eval.metrics import DEFAULT_METRICS, METRICS
 from sibrar.registry import MODELS
@@ -68,12 +70,14 @@ class SplitConfig:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    text = read_text(path, "config", ConfigError)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem}); expected a YAML mapping of config sections") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -123,8 +127,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), list(fields), n=1)
-        hint = f"; did you mean {_join(where, close[0])!r}?" if close else ""
-        raise ConfigError(f"unknown config key {_join(where, key)!r}{hint} valid keys: {', '.join(fields)}")
+        file, _, path = where.rpartition(": ")  # "FILE: models[0]" -> the file stays outside the quoted key
+        hint = f"; did you mean {_join(path, close[0])!r}?" if close else ""
+        raise ConfigError(f"{file + ': ' if file else ''}unknown config key {_join(path, key)!r}{hint} "
+                          f"valid keys: {', '.join(fields)}")
     kwargs = {k: convert(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -237,6 +243,10 @@ class TrainConfig:
     # CPU: PyTorch's deterministic kernels, so a run repeats exactly (for a given number of threads);
     # without them multi-threaded scatter/index-add backward passes sum in a run-dependent order
     deterministic: bool = True
+    # CPU intra-op threads for training and evaluation (None: torch's default, the number of cores). The
+    # numbers depend on it (float sums are split differently), so a config meant to give the same numbers
+    # on every machine fixes it; the value used is recorded in the run's manifest.json either way
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "n_negatives", "patience"):
@@ -276,9 +286,10 @@ def parse_run_config(data: Mapping[str, Any], where: str = "") -> RunConfig:
     model = {"name": "sibrar", **model}  # the default model, as when the section is absent (`--set model.dim=64`)
     entry = MODELS.get(str(model["name"]))
     model_cfg = from_dict(entry.config_cls, model, _join(where, "model"))
-    base = from_dict(RunConfig, data, where)
-    _check_monitor(base, where)
-    return dataclasses.replace(base, model=model_cfg)
+    config = dataclasses.replace(from_dict(RunConfig, data, where), model=model_cfg)
+    check_ranges(config, where)
+    _check_monitor(config, where)
+    return config
 
 
 def _check_monitor(config: RunConfig, where: str) -> None:
@@ -296,6 +307,101 @@ def _check_monitor(config: RunConfig, where: str) -> None:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{_join(where, 'train.monitor')}: {config.train.monitor!r} is not computed on validation{hint} "
                           f"choose one of {', '.join(computed)} (or change eval.metrics / eval.ks)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric ranges, checked at load time (before any data is fetched or trained)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Accepted values of a numeric field: finite, within [low, high] (bounds open where `*_open`)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    allow: tuple[float, ...] = ()  # special values outside the range that mean something (norm_every -1)
+
+    def accepts(self, value: float) -> bool:
+        if value in self.allow:
+            return True
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def describe(self, integer: bool) -> str:
+        kind = "an integer" if integer else "a finite number"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {_num(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {_num(self.high)}")
+        extra = f" (or {', '.join(_num(v) for v in self.allow)})" if self.allow else ""
+        return f"{kind} {' and '.join(parts)}{extra}" if parts else kind
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+POSITIVE, NON_NEGATIVE, FINITE = Range(0, low_open=True), Range(0), Range()
+AT_LEAST_ONE = Range(1)
+PROBABILITY = Range(0, 1, high_open=True)
+# Field name -> accepted values, for every config section (model configs included, whichever model
+# defines them). A float field not listed must still be finite; an int field not listed is unchecked.
+RANGES: dict[str, Range] = {
+    # data / split
+    "k_core": NON_NEGATIVE, "min_count": NON_NEGATIVE, "rating_threshold": FINITE, "min_tag_count": AT_LEAST_ONE,
+    "ratios": Range(0, 1), "seed": NON_NEGATIVE,
+    # train
+    "epochs": NON_NEGATIVE, "batch_size": AT_LEAST_ONE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+    "n_negatives": AT_LEAST_ONE, "patience": AT_LEAST_ONE, "min_epochs": NON_NEGATIVE, "grad_clip": POSITIVE,
+    "time_limit_s": POSITIVE, "threads": AT_LEAST_ONE,
+    # eval
+    "ks": AT_LEAST_ONE, "batch_users": AT_LEAST_ONE,
+    # models
+    "dim": AT_LEAST_ONE, "common_dim": AT_LEAST_ONE, "preference_dim": AT_LEAST_ONE, "content_dim": AT_LEAST_ONE,
+    "content_dims": AT_LEAST_ONE, "hidden": AT_LEAST_ONE, "projection_hidden": AT_LEAST_ONE,
+    "temperature": POSITIVE, "contrastive_weight": NON_NEGATIVE, "input_dropout": PROBABILITY,
+    "preference_dropout": Range(0, 1), "dropout": PROBABILITY, "norm_every": Range(1, allow=(-1,)),
+    "min_similarity": Range(-1, 1),
+}
+
+
+def check_ranges(config: Any, where: str = "") -> None:
+    """Refuse NaN, infinities and out-of-range numbers anywhere in a config tree (see RANGES).
+
+    `where` is the dotted path of `config` as the user wrote it (`train`, `base.train`, ...), so the
+    error names the key they typed: `train.lr is nan; expected a finite number > 0`.
+    """
+    if not dataclasses.is_dataclass(config):
+        return
+    for f in dataclasses.fields(config):
+        _check_value(getattr(config, f.name), RANGES.get(f.name), _join(where, f.name))
+
+
+def _check_value(value: Any, rule: Range | None, where: str) -> None:
+    if dataclasses.is_dataclass(value):
+        check_ranges(value, where)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_value(item, rule, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_value(item, rule, f"{where}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        rule = rule if rule is not None else (FINITE if isinstance(value, float) else None)
+        if rule is not None and not rule.accepts(value):
+            raise ConfigError(f"{where} is {value!r}; expected {rule.describe(isinstance(value, int))}")
+
+
+def check_value(value: float | int | None, field: str, name: str) -> None:
+    """One value against the rule of config field `field`, reported under `name` (e.g. a CLI flag)."""
+    if value is not None:
+        _check_value(value, RANGES.get(field, FINITE), name)
 
 
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:

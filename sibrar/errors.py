@@ -35,6 +35,18 @@ class RetrievalError(SibrarError):
     """Bad retrieval request: unknown id, bad k, an index from another run, wrong feature shape."""
 
 
+class FileReadError(SibrarError):
+    """A file cannot be read: missing, unreadable, not UTF-8, truncated or corrupt (checkpoints, indexes)."""
+
+
+class RunFolderError(SibrarError):
+    """A run folder is busy (another process writes it), already holds a finished run, or mixes runs."""
+
+
+class IntegrityError(DataError):
+    """A built data file no longer matches the checksum recorded when it was fetched."""
+
+
 class TrainingError(SibrarError):
     """A run failed in a way that is not bad input (diverged loss, broken checkpoint). Exit code 3."""
 

@@ -12,6 +12,7 @@ Optuna study per model on validation first; it is kept here as written and carri
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,11 +21,12 @@ from typing import Any
 
 from sibrar.config import RunConfig, apply_overrides, load_yaml, parse_run_config
 from sibrar.errors import ConfigError
+from sibrar.registry import MODELS
 from sibrar.eval.evaluator import evaluate, parse_view
 from sibrar.eval.metrics import METRICS
 from sibrar.report.tables import write_results
 from sibrar.results import DEFAULT_TABLE, LOWER_IS_BETTER, ModelOutcome, lower_is_better, significance
-from sibrar.train.run import RunResult, can_continue, load_finished_run, prepare, train_run
+from sibrar.train.run import RunResult, can_continue, load_finished_run, prepare, torch_threads, train_run
 from sibrar.train.trainer import Callback
 
 __all__ = ["DEFAULT_TABLE", "LOWER_IS_BETTER", "Experiment", "ModelOutcome", "ModelSpec", "load_experiment",
@@ -67,6 +69,7 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
     models = raw.get("models")
     if not models or not isinstance(models, list):
         raise ConfigError(f"{where}: field 'models' must be a non-empty list of {{label, model, train?, eval?}}")
+    _check_base(base, where)
     specs = []
     for i, entry in enumerate(models):
         at = f"{where}: models[{i}]"
@@ -76,7 +79,14 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
         if extra:
             raise ConfigError(f"{at}: unknown key {min(extra)!r}; valid keys: label, model, train, eval, space, tune")
         merged = _merge(dict(base), {k: entry[k] for k in ("model", "train", "eval") if k in entry})
-        config = parse_run_config(merged, f"{at}")
+        try:
+            config = parse_run_config(merged, f"{at}")
+        except ConfigError as exc:
+            _check_base(base, where, with_model=False)  # a bad key of `base` is named as typed: base.train.lr
+            message = _as_typed(str(exc), f"models[{i}]", entry, base)
+            if message != str(exc):
+                raise type(exc)(message) from exc
+            raise
         label = str(entry.get("label") or config.model.name)
         space = entry.get("space")
         if space is not None and not isinstance(space, Mapping):
@@ -101,6 +111,49 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
     for view in views:  # syntax only here; modality names are checked against each trained model
         parse_view(view, 1, 1)
     return Experiment(str(raw.get("name") or default_name), tuple(specs), views, table, where, tune)
+
+
+def _check_base(base: Any, where: str, *, with_model: bool = True) -> None:
+    """Check the `base` section on its own, so its errors name `base.…` as the user typed it.
+
+    With `with_model`, only `base.model.name` (every entry of `models` overrides it, so a typo there
+    would otherwise be silently ignored); else the other sections, parsed without the models' overrides.
+    """
+    if not isinstance(base, Mapping):
+        raise ConfigError(f"{where}: field 'base' must be a mapping of config sections (data, split, train, eval)")
+    model = base.get("model")
+    if with_model:
+        if isinstance(model, Mapping) and "name" in model:
+            try:
+                MODELS.get(str(model["name"]))
+            except ConfigError as exc:
+                raise type(exc)(f"{where}: base.model.name: {exc}") from None
+        return
+    try:
+        parse_run_config({k: v for k, v in base.items() if k != "model"}, "base")
+    except ConfigError as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+
+
+def _as_typed(message: str, at: str, entry: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """Rename `models[i].model.dim` to `base.model.dim` in a message when the key came from `base`."""
+    found = re.search(re.escape(at) + r"((?:\.[A-Za-z_][\w]*)+)", message)
+    if not found:
+        return message
+    keys = found.group(1).strip(".").split(".")
+    node: Any = entry
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            break
+        node = node[key]
+    else:
+        return message  # the entry itself holds the key
+    node = base
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return message
+        node = node[key]
+    return message.replace(f"{at}.", "base.")
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,6 +189,9 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
             log(f"{experiment.name}: {stats['name']}{' (SYNTHETIC)' if stats['synthetic'] else ''} "
                 f"{stats['users']:,} users / {stats['items']:,} items / {stats['interactions']:,} interactions; "
                 f"split {prep.split.protocol} train {prep.split.train.height:,} valid {prep.split.valid.height:,} test {prep.split.test.height:,}")
+            known = {side: list(prep.inputs.features(side).modalities) for side in ("user", "item")}
+            for view_spec in experiment.views:  # a mistyped modality fails now, not after the first model trained
+                parse_view(view_spec, prep.inputs.n_users, prep.inputs.n_items, modalities=known)
         log(f"[{i}/{len(experiment.models)}] {spec.label} ({spec.config.model.name})")
         t0 = time.perf_counter()
         callbacks = callbacks_for(spec) if callbacks_for is not None else ()
@@ -153,8 +209,11 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
                                seconds=seconds, best_epoch=result.train.best_epoch,
                                tuning=dict(tuning["models"][spec.label]) if tuning else None)
         for view_spec in experiment.views:
-            view = parse_view(view_spec, prep.inputs.n_users, prep.inputs.n_items, seed=spec.config.eval.seed)
-            outcome.views[view_spec] = evaluate(result.model, prep.inputs, prep.split, "test", spec.config.eval, view=view).summary
+            view = parse_view(view_spec, prep.inputs.n_users, prep.inputs.n_items, seed=spec.config.eval.seed,
+                              modalities=known)
+            with torch_threads(spec.config.train.threads):  # as in training: scores depend on the thread count
+                outcome.views[view_spec] = evaluate(result.model, prep.inputs, prep.split, "test", spec.config.eval,
+                                                    view=view).summary
         log(f"    test ndcg@10 {outcome.test.get('ndcg@10', float('nan')):.4f}  recall@10 {outcome.test.get('recall@10', float('nan')):.4f}"
             f"  ({seconds:.0f} s, best epoch {outcome.best_epoch})")
         outcomes.append(outcome)

@@ -134,16 +134,16 @@ def test_fast_reader_equals_the_line_by_line_reader(tmp_path, monkeypatch, case,
         path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
     fast = read_atomic(path).frame
     with monkeypatch.context() as mp:
-        mp.setattr(atomic, "_read_raw_fast", lambda path, n_fields: None)
+        mp.setattr(atomic, "_read_raw_fast", lambda data, n_fields: None)
         slow = read_atomic(path).frame
     assert fast.equals(slow)
 
 
 @pytest.mark.parametrize("name", ["ml-100k.inter", "ml-100k.item", "ml-100k.user"])
 def test_fast_reader_equals_the_line_by_line_reader_on_ml100k(ml100k_dir, monkeypatch, name):
-    assert atomic._read_raw_fast(ml100k_dir / name, len(read_atomic(ml100k_dir / name).types)) is not None
+    assert atomic._read_raw_fast((ml100k_dir / name).read_bytes(), len(read_atomic(ml100k_dir / name).types)) is not None
     fast = read_atomic(ml100k_dir / name).frame
-    monkeypatch.setattr(atomic, "_read_raw_fast", lambda path, n_fields: None)
+    monkeypatch.setattr(atomic, "_read_raw_fast", lambda data, n_fields: None)
     assert read_atomic(ml100k_dir / name).frame.equals(fast)
 
 

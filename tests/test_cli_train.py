@@ -66,8 +66,9 @@ def test_train_writes_the_run_folder(trained):
     per_user = pl.read_parquet(run_dir / "per_user.parquet")
     assert per_user.height == metrics["n_test_users"] and {"user_idx", "ndcg@10"} <= set(per_user.columns)
     assert per_user["ndcg@10"].mean() == pytest.approx(metrics["test"]["ndcg@10"])
-    state = torch.load(run_dir / "model.pt", weights_only=True)
-    assert any(key.startswith("item_tower.") for key in state)
+    state = torch.load(run_dir / "model.pt", weights_only=True)  # the state dict plus the run id of the folder
+    assert state["run_id"] == manifest["run_id"] == metrics["run_id"]
+    assert any(key.startswith("item_tower.") for key in state["model"])
 
 
 def test_evaluate_with_a_missing_modality_view(trained, capsys):
@@ -77,7 +78,7 @@ def test_evaluate_with_a_missing_modality_view(trained, capsys):
     out = capsys.readouterr().out
     assert "item:-genres@0.5" in out and "item:genres+text" in out
     written = json.loads((run_dir / "evaluate-test.json").read_text())
-    assert set(written) == {"all", "item:-genres@0.5", "item:genres+text"}
+    assert set(written) == {"run_id", "all", "item:-genres@0.5", "item:genres+text"}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert written["all"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"])  # the saved model, reloaded
     assert written["item:-genres@0.5"] != written["all"]

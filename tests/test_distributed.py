@@ -183,7 +183,7 @@ def test_every_rank_ends_with_the_same_weights_and_batchnorm_statistics(two_rank
     folder, run_dir = two_ranks["folder"], two_ranks["run_dir"]
     rank0 = torch.load(folder / "state-rank0.pt", weights_only=True)
     rank1 = torch.load(folder / "state-rank1.pt", weights_only=True)
-    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    saved = torch.load(run_dir / "model.pt", weights_only=True)["model"]  # beside the run id
     assert rank0.keys() == rank1.keys() == saved.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]) and torch.equal(rank0[key], saved[key]), key

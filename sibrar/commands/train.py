@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
     train.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<protocol>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--force", action="store_true",
+                       help="replace the run already in --out (by default a folder holding a run is refused)")
     train.add_argument("--device", help="cpu, cuda, cuda:1 … (overrides train.device)")
     train.add_argument("--no-progress", action="store_true")
     add_tracking_arguments(train)
@@ -80,6 +82,11 @@ def _train(args: argparse.Namespace) -> int:
         config = load_run_config(args.config, overrides)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.out) if args.out else Path("runs") / f"{config.model.name}-{Path(config.data.dataset).name}-{config.split.protocol}-{stamp}"
+    if int(os.environ.get("RANK", "0")) == 0 and run_dir.is_dir():  # early, friendly refusal (re-checked under the lock)
+        from sibrar.train.folder import claim_allowed, folder_lock
+
+        with folder_lock(run_dir):  # a folder another process is writing is refused as such
+            claim_allowed(run_dir, resume=bool(args.resume), overwrite=args.force)
     uri = tracking_uri(args)  # every torchrun rank checks it, so a bad URI stops them all
     tracker = None
     if uri is not None and int(os.environ.get("RANK", "0")) == 0:  # one MLflow run: rank 0 runs the callbacks
@@ -90,7 +97,7 @@ def _train(args: argparse.Namespace) -> int:
         tracker.start()  # a store that refuses the run fails here, before any data is read
     with ending_on_error([tracker]):
         result = train_run(config, run_dir, callbacks=[tracker] if tracker else [], resume=bool(args.resume),
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, overwrite=args.force)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
         return 0
     print(f"best epoch {result.train.best_epoch}; test {summary_line(result)}")
@@ -119,17 +126,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from sibrar.eval.evaluator import evaluate, parse_view
     from sibrar.models.base import FULL_VIEW
-    from sibrar.train.run import load_run
+    from sibrar.train.run import load_run, torch_threads
 
     uri = tracking_uri(args)
     run = load_run(args.run_dir, device=args.device)
     eval_cfg = run.config.eval if args.protocol is None else dataclasses.replace(run.config.eval, candidates=args.protocol)
     prep = run.prepared
-    views = [FULL_VIEW] + [parse_view(v, prep.inputs.n_users, prep.inputs.n_items) for v in args.view]
+    known = {side: list(prep.inputs.features(side).modalities) for side in ("user", "item")}
+    views = [FULL_VIEW] + [parse_view(v, prep.inputs.n_users, prep.inputs.n_items, modalities=known) for v in args.view]
     base = None
     rows = []
     for view in views:
-        result = evaluate(run.model, prep.inputs, prep.split, args.part, eval_cfg, view=view)
+        with torch_threads(run.config.train.threads):  # as in training: scores depend on the thread count
+            result = evaluate(run.model, prep.inputs, prep.split, args.part, eval_cfg, view=view)
         base = base or result.summary
         rows.append((view.name, result.summary))
     keys = [k for k in ("ndcg@10", "recall@10", "precision@10", "map@10", "coverage@10") if k in base]  # type: ignore[operator]
@@ -140,7 +149,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.run_dir) / f"evaluate-{args.part}.json"
     from sibrar._io import write_json_atomic
 
-    write_json_atomic(out, {name: summary for name, summary in rows})
+    write_json_atomic(out, {"run_id": run.run_id, **{name: summary for name, summary in rows}})
     print(f"written {out}")
     if uri is not None:
         _log_evaluation(args, uri, run, eval_cfg.candidates, rows, out)

@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _tune(args: argparse.Namespace) -> int:
     from sibrar.tune import Tracking, load_search, open_storage, open_study, run_worker, study_parent_run, tune
 
+    from sibrar.errors import ConfigError
+
+    for flag, value in (("--trials", args.trials), ("--workers", args.workers)):
+        if value < 1:
+            raise ConfigError(f"{flag} is {value}; expected an integer >= 1")
     search = load_search(args.search, args.overrides)
     study_name = args.study or search.name
     out = Path(args.out) if args.out else Path("results") / f"tune-{study_name}"

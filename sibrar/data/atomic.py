@@ -14,7 +14,7 @@ from typing import Literal
 
 import polars as pl
 
-from sibrar._io import atomic_write
+from sibrar._io import atomic_write, decode_utf8, read_bytes
 from sibrar.errors import DataError
 
 FieldType = Literal["token", "token_seq", "float", "float_seq"]
@@ -64,10 +64,13 @@ def parse_header(header: str, path: Path | str) -> dict[str, FieldType]:
 def read_atomic(path: str | Path, columns: list[str] | None = None) -> AtomicTable:
     """Read one atomic file; `columns` restricts (and checks) which columns are kept."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: no such atomic file")
-    with path.open("r", encoding="utf-8", newline="") as fh:
-        header = fh.readline()
+    data = read_bytes(path, "atomic file", DataError)
+    decode_utf8(data, path, "atomic file", DataError)  # UTF-16, Latin-1 bytes: one line naming the first bad line
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors): drop it
+        data = data[3:]
+    header = data.split(b"\n", 1)[0].decode("utf-8")
     if not header.strip():
         raise DataError(f"{path}:1: empty file or empty header; expected 'name:type' fields separated by tabs")
     types = parse_header(header, path)
@@ -76,7 +79,7 @@ def read_atomic(path: str | Path, columns: list[str] | None = None) -> AtomicTab
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(missing)}; header has {', '.join(types)}")
 
-    raw = _read_raw(path, len(types))
+    raw = _read_raw(data, path, len(types))
     raw = raw.rename(dict(zip(raw.columns[:-1], list(types), strict=True)))
     keep = list(types) if columns is None else columns
     exprs = [_convert(name, types[name]) for name in keep]
@@ -86,14 +89,14 @@ def read_atomic(path: str | Path, columns: list[str] | None = None) -> AtomicTab
     return AtomicTable(frame.drop(_LINE), {c: types[c] for c in keep}, path)
 
 
-def _read_raw(path: Path, n_fields: int) -> pl.DataFrame:
+def _read_raw(data: bytes, path: Path, n_fields: int) -> pl.DataFrame:
     """All fields as strings plus the 1-based file line of every row; ragged rows are errors."""
-    fast = _read_raw_fast(path, n_fields)
+    fast = _read_raw_fast(data, n_fields)
     if fast is not None:
         return fast
     try:
         lines = pl.read_csv(
-            path,
+            data,
             has_header=False,
             separator="\x1f",
             quote_char=None,
@@ -122,7 +125,7 @@ def _read_raw(path: Path, n_fields: int) -> pl.DataFrame:
                         pl.col(_LINE))
 
 
-def _read_raw_fast(path: Path, n_fields: int) -> pl.DataFrame | None:
+def _read_raw_fast(data: bytes, n_fields: int) -> pl.DataFrame | None:
     """The common case, well-formed files, with polars' parallel tab reader (~2x faster on ML-1M).
 
     Polars refuses rows with too many fields; rows with too few, blank lines or anything else odd make
@@ -131,7 +134,6 @@ def _read_raw_fast(path: Path, n_fields: int) -> pl.DataFrame | None:
     """
     if n_fields < 2:
         return None
-    data = path.read_bytes()
     try:
         frame = pl.read_csv(data, has_header=False, separator="\t", quote_char=None, infer_schema=False,
                             skip_rows=1, eol_char="\n", new_columns=[f"field_{i}" for i in range(n_fields)])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sibrar._io import read_json
 from sibrar.config import DataConfig, ModalitySpec
 from sibrar.data import modalities as M
 from sibrar.data.atomic import AtomicTable, read_atomic
 from sibrar.data.features import list_feature_manifests, read_features
+from sibrar.data.integrity import verify_checksums
 from sibrar.data.preprocess import implicit, preprocess
 from sibrar.errors import ConfigError, DataError
-from sibrar.paths import resolve_dataset
+from sibrar.data.sources import resolve_dataset
 
 INTERACTION_COLUMNS = ("user_idx", "item_idx", "rating", "timestamp")
 RESERVED_MODALITIES = ("interactions", "id")
@@ -120,6 +121,12 @@ def read_raw_interactions(folder: Path, name: str) -> pl.DataFrame:
         nulls = frame[col].is_null()
         if nulls.any():
             raise DataError(f"{table.path}:{frame['__line'][int(nulls.arg_true()[0])]}: empty {col}")
+    for col in ("rating", "timestamp", "count"):  # NaN and inf are refused by read_atomic already
+        negative = frame[col] < 0
+        if negative.any():
+            i = int(negative.arg_true()[0])
+            raise DataError(f"{table.path}:{frame['__line'][i]}: {col} is {frame[col][i]:g}; expected a number >= 0 "
+                            f"({int(negative.sum())} negative value(s) in the column)")
     return frame.select("user_id", "item_id", "rating", "timestamp", "count", "__line")
 
 
@@ -128,6 +135,7 @@ def load_dataset(config: DataConfig | str | Path = DataConfig()) -> Dataset:
     if not isinstance(config, DataConfig):
         config = DataConfig(dataset=str(config))
     folder, name = resolve_dataset(config.dataset, config.root)
+    verify_checksums(folder)  # a fetched folder: sizes (and hashes of touched files) as recorded
     raw = read_raw_interactions(folder, name)
     user_table = _read_side(folder / f"{name}.user", "user_id")
     item_table = _read_side(folder / f"{name}.item", "item_id")
@@ -161,7 +169,7 @@ def load_dataset(config: DataConfig | str | Path = DataConfig()) -> Dataset:
 
 
 def _read_side(path: Path, id_col: str) -> AtomicTable | None:
-    if not path.is_file():
+    if not path.exists():  # absent: no side file; a folder or an unreadable file in its place is an error
         return None
     table = read_atomic(path)
     if id_col not in table.types:
@@ -208,8 +216,8 @@ def _side_modalities(entity: str, table: AtomicTable | None, specs: dict[str, Mo
                      folder: Path, ids: IdMap, id_col: str) -> M.EntityFeatures:
     manifests = {}
     for path in list_feature_manifests(folder):
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("entity") == entity:
+        meta = read_json(path, "feature manifest", DataError)
+        if isinstance(meta, dict) and meta.get("entity") == entity:
             manifests[str(meta.get("modality"))] = path
     if specs is None:
         specs = {c: ModalitySpec(column=c) for c in (table.types if table else {}) if c != id_col}
@@ -267,5 +275,5 @@ def _source_meta(folder: Path, name: str) -> dict[str, Any]:
     path = folder / f"{name}.meta.json"
     meta: dict[str, Any] = {"name": name, "folder": str(folder)}
     if path.is_file():
-        meta.update(json.loads(path.read_text(encoding="utf-8")))
+        meta.update(read_json(path, "dataset description", DataError))
     return meta

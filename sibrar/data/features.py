@@ -10,7 +10,7 @@ modality; they are never zero-filled.
 
 from __future__ import annotations
 
-import json
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from sibrar._io import atomic_write, write_json_atomic
+from sibrar._io import atomic_write, read_bytes, read_json, write_json_atomic
 from sibrar.errors import DataError
 
 Entity = Literal["user", "item"]
@@ -64,10 +64,9 @@ def write_features(
 def read_features(manifest_path: str | Path) -> FeatureSet:
     """Read a feature set from its manifest, checking dimension, finiteness and unique ids."""
     manifest_path = Path(manifest_path)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{manifest_path}: cannot read feature manifest: {exc}") from exc
+    manifest = read_json(manifest_path, "feature manifest", DataError)
+    if not isinstance(manifest, dict):
+        raise DataError(f"{manifest_path}: the feature manifest is {type(manifest).__name__}; expected a JSON object")
     for key in ("entity", "modality", "dim", "file"):
         if key not in manifest:
             raise DataError(f"{manifest_path}: manifest lacks field {key!r}")
@@ -75,7 +74,7 @@ def read_features(manifest_path: str | Path) -> FeatureSet:
         raise DataError(f"{manifest_path}: field 'entity' is {manifest['entity']!r}; expected 'user' or 'item'")
     data_path = manifest_path.parent / manifest["file"]
     if data_path.suffix == ".parquet":
-        frame = pl.read_parquet(data_path)
+        frame = _read_parquet(data_path)
         if "id" not in frame.columns or "vector" not in frame.columns:
             raise DataError(f"{data_path}: expected columns 'id' and 'vector', found {frame.columns}")
         ids = frame["id"].cast(pl.Utf8).to_numpy()
@@ -89,7 +88,11 @@ def read_features(manifest_path: str | Path) -> FeatureSet:
         vectors = np.asarray(vec_col.cast(pl.List(pl.Float32)).to_list() if len(vec_col) == 0 else
                              vec_col.cast(pl.Array(pl.Float32, manifest["dim"])).to_numpy(), dtype=np.float32).reshape(len(ids), manifest["dim"])
     elif data_path.suffix == ".npy":
-        vectors = np.load(data_path, allow_pickle=False).astype(np.float32)
+        try:
+            vectors = np.load(io.BytesIO(read_bytes(data_path, "feature file", DataError)), allow_pickle=False).astype(np.float32)
+        except (ValueError, EOFError) as exc:
+            raise DataError(f"{data_path}: the feature file is truncated or not a .npy matrix ({exc}); "
+                            "expected the file `sibrar encode` wrote (encode again)") from None
         ids = np.asarray(manifest.get("ids", []), dtype=str)
         if vectors.ndim != 2 or vectors.shape != (len(ids), manifest["dim"]):
             raise DataError(f"{data_path}: shape {vectors.shape}; manifest lists {len(ids)} ids of dim {manifest['dim']}")
@@ -101,6 +104,16 @@ def read_features(manifest_path: str | Path) -> FeatureSet:
     if len(np.unique(ids)) != len(ids):
         raise DataError(f"{data_path}: duplicate ids")
     return FeatureSet(manifest["entity"], manifest["modality"], ids, vectors, manifest)
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    data = read_bytes(path, "feature file", DataError)
+    try:
+        return pl.read_parquet(io.BytesIO(data))
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: the feature file is truncated or not Parquet ({len(data):,} bytes: {first}); "
+                        "expected the file `sibrar encode` wrote (encode again)") from exc
 
 
 def list_feature_manifests(dataset_dir: str | Path) -> list[Path]:

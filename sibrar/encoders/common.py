@@ -18,7 +18,7 @@ import numpy as np
 from sibrar.data.atomic import AtomicTable, atomic_path, read_atomic
 from sibrar.data.features import FEATURES_DIR, Entity, write_features
 from sibrar.errors import DataError, DataWarning, EncoderError
-from sibrar.paths import resolve_dataset
+from sibrar.data.sources import resolve_dataset
 
 X = TypeVar("X")
 Y = TypeVar("Y")
@@ -60,7 +60,7 @@ class EncodeReport:
 
 
 def open_dataset(dataset: str | Path, root: str | Path | None = None) -> tuple[Path, str]:
-    """Dataset folder and name (see `sibrar.paths.resolve_dataset`)."""
+    """Dataset folder and name (see `sibrar.data.sources.resolve_dataset`)."""
     return resolve_dataset(dataset, root)
 
 

@@ -8,6 +8,7 @@ import os
 import string
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from importlib.metadata import version
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,9 @@ def encode_text(
 
     settings = {"encoder": "sentence-transformers", "model": config.model, "weights": weights_fingerprint(config.model),
                 "max_length": config.max_length, "normalize": config.normalize, "template": spec.template,
-                "seq_sep": spec.seq_sep, "join": dict(sorted(spec.join.items()))}
+                "seq_sep": spec.seq_sep, "join": dict(sorted(spec.join.items())),
+                # encodings made by other library versions may differ in the last bits: encode again
+                "versions": {p: version(p) for p in ("sentence-transformers", "transformers", "torch")}}
     key = cache_key(settings, inputs_digest((i, t if t is not None else "<empty>") for i, t in zip(ids, texts, strict=True)))
     if not force and (hit := cached_report(target, entity, modality, key)) is not None:
         return hit
@@ -281,8 +284,6 @@ def encode_text(
         items, prepare, lambda batch: embed_texts(batch, config, device=device), batch_size=config.batch_size,
         desc=f"{entity}/{modality}", unit="text", progress=progress)
     missing = [(i, "empty text" if r == "no input" else r) for i, r in missing]
-    from importlib.metadata import version
-
     return finish(target, entity, modality, done, vectors, missing, key=key, started=started, manifest={
         **settings, "encoder_version": version("sentence-transformers"), "device": device,
         "max_length_used": model.max_seq_length, "config": asdict(config), "source": "columns",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -117,16 +119,41 @@ def subset_view(modalities: tuple[str, ...], side: Literal["user", "item"] = "it
     return View(item=SideView(modalities=modalities), name=name) if side == "item" else View(user=SideView(modalities=modalities), name=name)
 
 
-def parse_view(spec: str, n_users: int, n_items: int, seed: int = 0) -> View:
-    """'item:genres+text' -> only those item modalities; 'item:-text@0.7' -> 70 % of items lack text."""
+def parse_view(spec: str, n_users: int, n_items: int, seed: int = 0,
+               modalities: Mapping[str, Sequence[str]] | None = None) -> View:
+    """'item:genres+text' -> only those item modalities; 'item:-text@0.7' -> 70 % of items lack text.
+
+    With `modalities` ({"user": names, "item": names}) every named modality must exist on its side;
+    a typo gets the closest name.
+    """
     side, sep, rest = spec.partition(":")
     if not sep or side not in ("user", "item") or not rest:
-        raise ConfigError(f"view {spec!r} (--view, or an experiment's views): expected 'item:MOD+MOD' or 'item:-MOD@FRACTION' (or user:…)")
+        close = difflib.get_close_matches(side, ["user", "item"], n=1) if sep else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"view {spec!r} (--view, or an experiment's views){hint} expected 'item:MOD+MOD' or "
+                          "'item:-MOD@FRACTION' (or user:…)")
     if rest.startswith("-"):
         modality, _, frac = rest[1:].partition("@")
         try:
             fraction = float(frac) if frac else 1.0
         except ValueError:
             raise ConfigError(f"view {spec!r}: fraction {frac!r} is not a number in [0, 1]") from None
+        if not 0.0 <= fraction <= 1.0:  # NaN included
+            raise ConfigError(f"view {spec!r}: fraction {frac!r}; expected a number in [0, 1]")
+        _check_view_modalities(spec, side, (modality,), modalities)
         return missing_view(n_items if side == "item" else n_users, modality, fraction, side=side, seed=seed)  # type: ignore[arg-type]
-    return subset_view(tuple(rest.split("+")), side)  # type: ignore[arg-type]
+    names = tuple(rest.split("+"))
+    _check_view_modalities(spec, side, names, modalities)
+    return subset_view(names, side)  # type: ignore[arg-type]
+
+
+def _check_view_modalities(spec: str, side: str, names: Sequence[str], known: Mapping[str, Sequence[str]] | None) -> None:
+    if known is None:
+        return
+    valid = list(known.get(side, ()))
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"view {spec!r}: {side} modality {name!r} is not in the data{hint} "
+                              f"{side} modalities: {', '.join(valid) or 'none'}")

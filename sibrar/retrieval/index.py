@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
+from sibrar._io import read_faiss_index, read_text
 from sibrar.errors import ConfigError, RetrievalError
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
@@ -231,7 +232,12 @@ class ItemIndex:
         """Read an index written by :meth:`save`; the fingerprint is checked before the big files."""
         path = Path(path)
         try:
-            manifest = json.loads((path / "index.json").read_text())
+            manifest = json.loads(read_text(path / "index.json", "index manifest", RetrievalError))
+        except RetrievalError:
+            if (path / "index.json").exists():
+                raise
+            raise RetrievalError(f"{path / 'index.json'}: no index manifest; expected a folder written by "
+                                 "ItemIndex.save") from None
         except FileNotFoundError:
             raise RetrievalError(f"{path / 'index.json'}: no index manifest; expected a folder written by "
                                  "ItemIndex.save") from None
@@ -244,8 +250,12 @@ class ItemIndex:
                                  f"{manifest['fingerprint']!r}, expected {expected_fingerprint!r}; "
                                  "rebuild the index from this run's embeddings")
         config = IndexConfig(**manifest["params"])
-        index = faiss.read_index(str(path / "index.faiss"))
-        ids = np.load(path / "item_ids.npy", allow_pickle=False)
+        index = read_faiss_index(path / "index.faiss")
+        try:
+            ids = np.load(path / "item_ids.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise RetrievalError(f"{path / 'item_ids.npy'}: cannot read the index's item ids ({exc}); rebuild the "
+                                 "index with `sibrar index RUN_DIR`") from exc
         if not index.ntotal == ids.shape[0] == manifest["n_items"]:
             raise RetrievalError(f"{path}: index.faiss holds {index.ntotal} items, item_ids.npy "
                                  f"{ids.shape[0]} and the manifest says {manifest['n_items']}")

