@@ -110,6 +110,12 @@ def decode_utf8(data: bytes, path: str | Path, what: str = "file", error: type[S
                     f"encoding?); expected UTF-8 text (re-save the {what} as UTF-8)") from None
 
 
+def check_utf8(data: bytes, path: str | Path, what: str = "file", error: type[SibrarError] = FileReadError) -> None:
+    """Raise like `decode_utf8` unless `data` is UTF-8; pure ASCII (the usual case) is checked without decoding."""
+    if not data.isascii():
+        decode_utf8(data, path, what, error)
+
+
 def read_text(path: str | Path, what: str = "file", error: type[SibrarError] = FileReadError) -> str:
     """A UTF-8 text file, with one-line errors for unreadable files and other encodings."""
     return decode_utf8(read_bytes(path, what, error), path, what, error)
