@@ -110,6 +110,12 @@ def decode_utf8(data: bytes, path: str | Path, what: str = "file", error: type[S
                     f"encoding?); expected UTF-8 text (re-save the {what} as UTF-8)") from None
 
 
+def check_utf8(data: bytes, path: str | Path, what: str = "file", error: type[SibrarError] = FileReadError) -> None:
+    """Raise like `decode_utf8` unless `data` is UTF-8; pure ASCII (the usual case) is checked without decoding."""
+    if not data.isascii():
+        decode_utf8(data, path, what, error)
+
+
 def read_text(path: str | Path, what: str = "file", error: type[SibrarError] = FileReadError) -> str:
     """A UTF-8 text file, with one-line errors for unreadable files and other encodings."""
     return decode_utf8(read_bytes(path, what, error), path, what, error)
@@ -125,27 +131,46 @@ def read_json(path: str | Path, what: str = "JSON file", error: type[SibrarError
                     "expected the file sibrar wrote (truncated or edited?)") from None
 
 
-def load_torch(path: str | Path, what: str = "checkpoint", map_location: Any = "cpu") -> Any:
-    """`torch.load(weights_only=True)` whose failures (truncated, garbage, pickled objects) are one line."""
+def load_torch(path: str | Path, what: str = "checkpoint", map_location: Any = "cpu", *, mmap: bool = False) -> Any:
+    """`torch.load(weights_only=True)` whose failures (truncated, garbage, pickled objects) are one line.
+
+    `mmap` maps the tensors instead of reading them (cheap when only the plain data is wanted, e.g. a run id).
+    """
     import pickle
     import zipfile
 
     import torch
 
     path = Path(path)
-    data = read_bytes(path, what)
+    if mmap:
+        with _opened(path, what) as fh:
+            size = os.fstat(fh.fileno()).st_size
+        source: Any = str(path)
+    else:
+        data = read_bytes(path, what)
+        size, source = len(data), io.BytesIO(data)
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols before failing on them
             warnings.simplefilter("ignore")
-            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+            return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
             AttributeError, TypeError, UnicodeDecodeError) as exc:
         if isinstance(exc, pickle.UnpicklingError):  # torch's text suggests weights_only=False: not passed on
             reason = "not a PyTorch file of tensors and plain data"
         else:
             reason = _first_line(exc).split(". ")[0]
-        raise FileReadError(f"{path}: the {what} is truncated or corrupt ({len(data):,} bytes; {reason}); expected "
+        raise FileReadError(f"{path}: the {what} is truncated or corrupt ({size:,} bytes; {reason}); expected "
                             "the file sibrar wrote: train the run again or restore the file") from exc
+
+
+@contextmanager
+def _opened(path: Path, what: str) -> Iterator[Any]:
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise FileReadError(f"{path}: cannot read {what}: {os_problem(exc)}; expected a readable file") from exc
+    with fh:
+        yield fh
 
 
 def read_faiss_index(path: str | Path) -> Any:

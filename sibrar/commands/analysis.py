@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sibrar._io import read_json
 from sibrar.errors import ConfigError
 
 DEFAULT_FRACTIONS_TEXT = "0,0.1,0.3,0.5,0.7,0.9,1"
@@ -170,8 +170,8 @@ def results_runs(results_dir: Path) -> tuple[dict[str, Path], list[str]]:
             hint = f"; {results_dir} is one run folder, pass the results folder two levels up"
         raise ConfigError(f"{results_dir}: not a results folder of `sibrar run` (expected results.json and runs/<label>/){hint}")
     try:
-        models = json.loads(payload.read_text(encoding="utf-8"))["models"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        models = read_json(payload, "results file", ConfigError)["models"]
+    except (KeyError, TypeError) as exc:
         raise ConfigError(f"{payload}: not a `sibrar run` results.json (no 'models' mapping)") from exc
     from sibrar.experiment import slug
 

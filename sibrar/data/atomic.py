@@ -14,7 +14,7 @@ from typing import Literal
 
 import polars as pl
 
-from sibrar._io import atomic_write, decode_utf8, read_bytes
+from sibrar._io import atomic_write, check_utf8, read_bytes
 from sibrar.errors import DataError
 
 FieldType = Literal["token", "token_seq", "float", "float_seq"]
@@ -67,10 +67,11 @@ def read_atomic(path: str | Path, columns: list[str] | None = None) -> AtomicTab
     if not path.exists():
         raise DataError(f"{path}: no such atomic file")
     data = read_bytes(path, "atomic file", DataError)
-    decode_utf8(data, path, "atomic file", DataError)  # UTF-16, Latin-1 bytes: one line naming the first bad line
+    check_utf8(data, path, "atomic file", DataError)  # UTF-16, Latin-1 bytes: one line naming the first bad line
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors): drop it
         data = data[3:]
-    header = data.split(b"\n", 1)[0].decode("utf-8")
+    end = data.find(b"\n")
+    header = data[: end if end >= 0 else len(data)].decode("utf-8")
     if not header.strip():
         raise DataError(f"{path}:1: empty file or empty header; expected 'name:type' fields separated by tabs")
     types = parse_header(header, path)

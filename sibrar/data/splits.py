@@ -20,7 +20,7 @@ import polars as pl
 from sibrar.config import SplitConfig
 from sibrar.data.atomic import read_atomic, write_atomic
 from sibrar.data.dataset import INTERACTION_COLUMNS, Dataset
-from sibrar._io import write_json_atomic
+from sibrar._io import read_json, write_json_atomic
 from sibrar.errors import SplitError
 from sibrar.registry import Registry
 
@@ -228,7 +228,9 @@ def load_split(folder: str | Path, dataset: Dataset) -> Split:
     manifest_path = folder / "split.json"
     if not manifest_path.is_file():
         raise SplitError(f"{folder}: no split.json; not a split folder (make one with `sibrar data split`)")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_json(manifest_path, "split manifest", SplitError)
+    if not isinstance(manifest, dict):
+        raise SplitError(f"{manifest_path}: expected a JSON object (the manifest `sibrar data split` wrote)")
     if manifest.get("input_hash") != dataset.content_hash():
         raise SplitError(
             f"{folder}: split was made from different data (input hash {str(manifest.get('input_hash'))[:12]}…, "

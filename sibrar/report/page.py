@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from sibrar._io import write_text_atomic
+from sibrar._io import read_json, write_text_atomic
 from sibrar.errors import ConfigError
 from sibrar.report.tables import tuning_section
 
@@ -18,7 +17,9 @@ def write_report(folder: Path) -> Path:
     path = folder / "results.json"
     if not path.is_file():
         raise ConfigError(f"{folder}: no results.json (make one with `sibrar run` or `sibrar demo`)")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path, "results file", ConfigError)
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise ConfigError(f"{path}: not a `sibrar run` results.json (no 'models' mapping)")
     models = data["models"]
     winners = data.get("significant_winner", {})
     synthetic = " — SYNTHETIC data" if data.get("synthetic") else ""

@@ -125,7 +125,7 @@ def read_run_id(path: Path) -> str | None:
         payload = read_json(path, "run file")
         return payload.get("run_id") if isinstance(payload, dict) else None
     if name.endswith(".pt"):
-        payload = load_torch(path, "checkpoint" if name.startswith("checkpoint") else "model file")
+        payload = load_torch(path, "checkpoint" if name.startswith("checkpoint") else "model file", mmap=True)
         return payload.get("run_id") if isinstance(payload, dict) and isinstance(payload.get("run_id"), str) else None
     if name.endswith(".csv"):
         try:

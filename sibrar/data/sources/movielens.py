@@ -74,8 +74,7 @@ def _build(folder: Path, name: str) -> None:
         raise FetchError(f"{name}: the GroupLens zip could not be downloaded (SIBRAR_MOVIELENS_ROUTE=grouplens)")
     if archive is not None:
         tables = (_from_grouplens_100k if name == "ml-100k" else _from_grouplens_1m)(archive)
-        size, sha = GROUPLENS_ZIPS[name]
-        origin = f"{GROUPLENS.format(name=name)} (sha256 {sha})"
+        origin = f"{GROUPLENS.format(name=name)} (sha256 {GROUPLENS_ZIPS[name][1]})"
         if name == "ml-100k":  # the knowledge graph ships only with the RecBole copy
             tables["item"] = _add_kg(tables["item"], _wheel_members(name, cache))
     else:
