@@ -35,6 +35,14 @@ class RetrievalError(SibrarError):
     """Bad retrieval request: unknown id, bad k, an index from another run, wrong feature shape."""
 
 
+class NotFoundError(RetrievalError):
+    """An id (user, item) the served run does not know; HTTP 404."""
+
+
+class ConflictError(RetrievalError):
+    """A new item id that is already in the catalogue; HTTP 409."""
+
+
 class TrainingError(SibrarError):
     """A run failed in a way that is not bad input (diverged loss, broken checkpoint). Exit code 3."""
 

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from sibrar.errors import ConfigError, RetrievalError
 
-IndexKind = Literal["flat", "hnsw", "ivf"]
+IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq"]
 MipsMethod = Literal["reduction", "native"]
 Storage = Literal["float32", "sq8"]
 _FORMAT_VERSION = 1
@@ -32,6 +32,9 @@ class IndexConfig:
     L2 order = inner-product order); ``"native"`` builds and searches faiss's graph / cells with the
     inner product itself (ip-NSW, Morozov & Babenko 2018). ``storage="sq8"`` keeps 8-bit codes in
     the ANN index (less memory traffic) and a float32 copy that reranks 2k candidates exactly.
+    ``ivfpq`` is IVF with fast-scan product quantisation (4-bit codes, ``pq_m`` sub-quantisers, scanned
+    in SIMD registers; André et al. 2017): built for large query batches, it keeps the float32 vectors
+    beside the codes and reranks ``rerank`` × k candidates exactly (``storage`` does not apply).
     """
 
     kind: IndexKind = "flat"
@@ -43,6 +46,8 @@ class IndexConfig:
     ef_search: int = 96  # HNSW search beam (max(ef_search, fetched k) is used): recall vs speed
     nlist: int = 1024  # IVF cells; capped at n_items // 39 so k-means has 39 points per centroid
     nprobe: int = 32  # IVF cells visited per query: recall vs speed
+    pq_m: int = 0  # ivfpq sub-quantisers (4 bits each); 0 = dim // 2, i.e. one byte per 4 dimensions
+    rerank: int = 20  # ivfpq: fetch rerank × k candidates by code distance, rerank them exactly
     threads: int | None = None  # faiss OpenMP threads (process-wide); None keeps faiss's default
 
     def __post_init__(self) -> None:
@@ -50,10 +55,12 @@ class IndexConfig:
                             ("storage", get_args(Storage))):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"retrieval.{name}: unknown value {getattr(self, name)!r}; valid: {', '.join(valid)}")
-        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "threads"):
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "threads", "rerank"):
             value = getattr(self, name)
             if (value is not None or name != "threads") and (type(value) is not int or value < 1):
                 raise ConfigError(f"retrieval.{name}: expected a positive integer, got {value!r}")
+        if type(self.pq_m) is not int or self.pq_m < 0:
+            raise ConfigError(f"retrieval.pq_m: expected an integer >= 0 (0 = dim // 2), got {self.pq_m!r}")
 
     @property
     def uses_reduction(self) -> bool:  # vectors carry the extra MIPS→L2 coordinate
@@ -61,7 +68,11 @@ class IndexConfig:
 
     @property
     def lossy(self) -> bool:  # faiss holds quantised codes; exact vectors are kept beside it
-        return self.kind != "flat" and self.storage == "sq8"
+        return self.kind == "ivfpq" or (self.kind != "flat" and self.storage == "sq8")
+
+    @property
+    def fetch_factor(self) -> int:  # candidates fetched per wanted result before exact reranking
+        return self.rerank if self.kind == "ivfpq" else 2 if self.lossy else 1
 
 
 class Hits(NamedTuple):
@@ -146,7 +157,7 @@ class ItemIndex:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n_items:
             raise RetrievalError(f"k must be an integer in [1, n_items={self.n_items}], got {k!r}")
         k = int(k)
-        fetch = min(self.n_items, 2 * k) if self.config.lossy else k  # quantised: rerank 2k exactly
+        fetch = min(self.n_items, self.config.fetch_factor * k)  # quantised: rerank more candidates exactly
         _apply_search_params(self._index, self.config)
         keys, counts = _exclusion_keys(exclude, query.shape[0], self.n_items)
         q_stored = _to_stored(query, self.config, 0.0, is_query=True)  # (Q, d')
@@ -336,8 +347,11 @@ def _build_faiss(item_emb: np.ndarray, config: IndexConfig) -> tuple[faiss.Index
     else:
         nlist = max(1, min(config.nlist, stored.shape[0] // 39))
         quantizer = faiss.IndexFlatIP(dim) if ip else faiss.IndexFlatL2(dim)
-        index = (faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, sq8, metric) if config.lossy
-                 else faiss.IndexIVFFlat(quantizer, dim, nlist, metric))
+        if config.kind == "ivfpq":
+            index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, _pq_m(config, dim), 4, metric)
+        else:
+            index = (faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, sq8, metric) if config.lossy
+                     else faiss.IndexIVFFlat(quantizer, dim, nlist, metric))
     if not index.is_trained:
         index.train(stored)
     index.add(stored)
@@ -353,8 +367,16 @@ def _apply_search_params(index: faiss.Index, config: IndexConfig) -> None:
         faiss.omp_set_num_threads(config.threads)
     if config.kind == "hnsw":
         index.hnsw.efSearch = config.ef_search
-    elif config.kind == "ivf":
-        index.nprobe = config.nprobe
+    elif config.kind in ("ivf", "ivfpq"):
+        faiss.extract_index_ivf(index).nprobe = config.nprobe
+
+
+def _pq_m(config: IndexConfig, dim: int) -> int:
+    """Sub-quantiser count: ``pq_m`` (or dim // 2), lowered to the nearest divisor of dim."""
+    m = min(config.pq_m or max(1, dim // 2), dim)
+    while dim % m:
+        m -= 1
+    return m
 
 
 def _exclusion_keys(exclude: sp.spmatrix | sp.sparray | list[np.ndarray] | None, n_query: int,
