@@ -1,7 +1,10 @@
 """`sibrar serve` as a real uvicorn process on 127.0.0.1, queried over HTTP, against a small ML-100K run.
 
 The run's item tower reads genres + year only, so every item (old or new) is embedded from side
-information and a new item with the features of an existing one gets exactly its score.
+information and a new item with the features of an existing one gets exactly its score. The page at
+/ is driven in a real headless Chromium (Debian chromium + chromium-driver, installed when missing and
+apt-get is usable, as in CI where tests run as root; skipped with the reason otherwise). Set
+SIBRAR_SCREENSHOT=PATH to keep a screenshot of the page after a movie was added.
 """
 
 from __future__ import annotations
@@ -364,3 +367,88 @@ def test_pyfunc_model_logged_by_train_predicts_the_top_k(ml100k_dir, run_dir, re
     assert rows["title"].iloc[0]
     with pytest.raises(Exception, match="unknown user id 'nobody'"):
         model.predict(pd.DataFrame({"user_id": ["nobody"]}))
+
+
+# ------------------------------------------------------------------------------------ the page
+
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,900")
+
+
+def ensure_chromium() -> tuple[str, str]:
+    """Paths of chromium and chromedriver, installing the Debian packages when missing."""
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if not all(found) and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], check=False, env=env,
+                       capture_output=True)
+        found = shutil.which("chromium"), shutil.which("chromedriver")
+    if not all(found):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    return found  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, driver_path = ensure_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    yield driver
+    driver.quit()
+
+
+def test_page_shows_a_user_and_a_new_movie_reaches_the_users_it_fits(run_dir, rec, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("served"))
+    server = start_server(copy, tmp_path / "server.log")
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(server.url + "/")
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        assert "sibrar" in browser.find_element(By.ID, "health").text
+        # a user's history and recommendations, with titles
+        box = browser.find_element(By.ID, "user-input")
+        box.clear()
+        box.send_keys("7")
+        browser.find_element(By.ID, "load-user").click()
+        wait.until(lambda d: d.find_element(By.ID, "user-input").get_attribute("value") == "7"
+                   and len(d.find_elements(By.CSS_SELECTOR, "#recs li")) == 10)
+        recs = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#recs li")]
+        expected = server.get("/users/7/recommendations", params={"k": 10}).json()["items"]
+        assert recs[0].startswith(f"{expected[0]['title']} [{expected[0]['item_id']}]")
+        assert browser.find_elements(By.CSS_SELECTOR, "#history li")
+        # a new movie with the genres and year of user 7's favourite: it enters their list, highlighted
+        features = features_of(rec, expected[0]["item_id"])
+        browser.find_element(By.ID, "new-title").send_keys("Brand New Movie")
+        browser.find_element(By.ID, "new-year").send_keys(str(int(features["year"])))
+        for genre in features["genres"]:
+            browser.find_element(By.CSS_SELECTOR, f"#new-genres input[value=\"{genre}\"]").click()
+        browser.find_element(By.ID, "add-item").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "add-result"), "Added Brand New Movie"))
+        fits = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#fits a")]
+        assert len(fits) >= 2  # a twin of a favourite fits many users
+        browser.find_element(By.XPATH, f"//a[text()='{fits[1]}']").click()  # another user of the list
+        wait.until(lambda d: d.find_element(By.ID, "user-input").get_attribute("value") == fits[1].split()[1]
+                   and d.find_elements(By.CSS_SELECTOR, "#recs li.new"))
+        (new,) = browser.find_elements(By.CSS_SELECTOR, "#recs li.new")
+        assert new.text.startswith("Brand New Movie [new-")
+        assert server.get("/health").json()["n_added"] == 1
+        if os.environ.get("SIBRAR_SCREENSHOT"):
+            browser.save_screenshot(os.environ["SIBRAR_SCREENSHOT"])
+        # a bad add shows the server's one-line message on the page
+        browser.find_element(By.ID, "new-year").clear()
+        for box in browser.find_elements(By.CSS_SELECTOR, "#new-genres input:checked"):
+            box.click()
+        browser.find_element(By.ID, "add-item").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "add-error"), "features"))
+    finally:
+        server.stop()
