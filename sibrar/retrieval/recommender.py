@@ -23,11 +23,11 @@ import torch
 from sibrar._io import atomic_write
 from sibrar.data.modalities import Modality
 from sibrar.errors import DataError, DataWarning, RetrievalError
-from sibrar.retrieval.index import IndexConfig, ItemIndex
+from sibrar.retrieval.index import IndexConfig, ItemIndex, choose_config
 
 OnUnknown = Literal["error", "ignore"]
 _TRAINED_ONLY = ("interactions", "id")  # modalities a new entity cannot have (built from training data)
-GEMM_MAX_ITEMS = 200_000  # recommend_all: exact blocked GEMM up to this catalogue size, the ANN index above
+GEMM_MAX_ITEMS = 200_000  # recommend_all: exact blocked GEMM up to this size, the index above (if approximate)
 
 
 class Recommender:
@@ -76,7 +76,8 @@ class Recommender:
             if index_config is not None and index_config.kind != index.config.kind:
                 index = None
         if index is None:
-            index = ItemIndex.build(item_emb, config=index_config, fingerprint=fingerprint)
+            config = index_config or choose_config(item_emb.shape[0])
+            index = ItemIndex.build(item_emb, config=config, fingerprint=fingerprint)
             index.save(folder)
         return cls(run, user_emb, item_emb, index)
 
@@ -114,10 +115,12 @@ class Recommender:
         """:meth:`recommend` for every user of the run, in batches.
 
         ``exact`` (default: catalogue ≤ GEMM_MAX_ITEMS) ranks by one blocked GEMM over all items,
-        which beats any index for batches of users on small catalogues; otherwise the index answers.
+        which beats any index for batches of users on small catalogues; above it an approximate
+        index (ivfpq, hnsw, ivf) answers, and a flat one falls back to the exact GEMM.
         """
         self.check_k(k)
-        exact = self.n_items <= GEMM_MAX_ITEMS if exact is None else exact
+        if exact is None:  # a flat index is exact already and needs no dense score block
+            exact = self.n_items <= GEMM_MAX_ITEMS or self.index.config.kind == "flat"
         parts = []
         for s in range(0, len(self.user_ids), batch):
             users = np.arange(s, min(s + batch, len(self.user_ids)))
