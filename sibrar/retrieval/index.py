@@ -75,6 +75,26 @@ class IndexConfig:
         return self.rerank if self.kind == "ivfpq" else 2 if self.lossy else 1
 
 
+class AppendOnly:
+    """An array that grows at the end with spare capacity, so appending costs the rows added, not the total."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._buf, self.n = data, len(data)
+
+    @property
+    def view(self) -> np.ndarray:
+        return self._buf[: self.n]
+
+    def append(self, rows: np.ndarray) -> None:
+        need = self.n + len(rows)
+        if need > len(self._buf):
+            grown = np.empty((max(need, 2 * len(self._buf)), *self._buf.shape[1:]), dtype=self._buf.dtype)
+            grown[: self.n] = self._buf[: self.n]
+            self._buf = grown
+        self._buf[self.n:need] = rows
+        self.n = need
+
+
 class Hits(NamedTuple):
     """Top-k results, best first. Rows with fewer than k candidates are padded with -1 / -inf."""
     ids: np.ndarray  # (Q, k) int64 item ids (= positions when the index was built without ids)
@@ -91,10 +111,18 @@ class ItemIndex:
     def __init__(self, index: faiss.Index, item_ids: np.ndarray, config: IndexConfig, dim: int,
                  max_norm: float, fingerprint: str, exact: np.ndarray | None) -> None:
         self._index = index
-        self._item_ids = item_ids  # (I,) int64 id of each position
+        self._ids = AppendOnly(item_ids)  # (I,) int64 id of each position
         self.config, self.dim, self.fingerprint = config, dim, fingerprint
         self._max_norm = max_norm  # the M of the MIPS reduction (0 when unused)
-        self._exact = exact  # (I, d) float32 metric-space vectors when the index is lossy, else None
+        self._exact_rows = None if exact is None else AppendOnly(exact)  # lossy only: (I, d) float32 vectors
+
+    @property
+    def _item_ids(self) -> np.ndarray:
+        return self._ids.view
+
+    @property
+    def _exact(self) -> np.ndarray | None:  # metric-space float32 vectors when the index is lossy, else None
+        return None if self._exact_rows is None else self._exact_rows.view
 
     @classmethod
     def build(cls, item_emb: np.ndarray, item_ids: np.ndarray | None = None,
@@ -140,9 +168,9 @@ class ItemIndex:
             self._index, self._max_norm = _build_faiss(every, self.config)
         else:
             self._index.add(_to_stored(new_item_emb, self.config, self._max_norm))
-        if self._exact is not None:
-            self._exact = np.concatenate([self._exact, _metric_space(new_item_emb, self.config)])
-        self._item_ids = np.concatenate([self._item_ids, ids])
+        if self._exact_rows is not None:
+            self._exact_rows.append(_metric_space(new_item_emb, self.config))
+        self._ids.append(ids)
 
     def search(self, query: np.ndarray, k: int,
                exclude: sp.spmatrix | sp.sparray | list[np.ndarray] | None = None) -> Hits:

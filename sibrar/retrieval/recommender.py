@@ -23,7 +23,7 @@ import torch
 from sibrar._io import atomic_write
 from sibrar.data.modalities import Modality
 from sibrar.errors import DataError, DataWarning, RetrievalError
-from sibrar.retrieval.index import IndexConfig, ItemIndex, choose_config
+from sibrar.retrieval.index import AppendOnly, IndexConfig, ItemIndex, choose_config
 
 OnUnknown = Literal["error", "ignore"]
 _TRAINED_ONLY = ("interactions", "id")  # modalities a new entity cannot have (built from training data)
@@ -40,12 +40,12 @@ class Recommender:
     def __init__(self, run: Any, user_emb: np.ndarray, item_emb: np.ndarray, index: ItemIndex) -> None:
         self.run = run
         self.user_emb = user_emb  # (U, d) float32
-        self._item_emb = [item_emb]  # (I, d) float32 blocks: the run's items, then each add_items batch
+        self._item_emb = AppendOnly(item_emb)  # (I, d) float32: the run's items, then the added ones
         self.index = index
         prep = run.prepared
         self.user_ids = prep.dataset.users
-        self._item_ids: list[str] = [str(v) for v in prep.dataset.items.ids.tolist()]
-        self._item_pos = {v: i for i, v in enumerate(self._item_ids)}
+        self._item_ids = AppendOnly(np.array([str(v) for v in prep.dataset.items.ids.tolist()], dtype=object))
+        self._item_pos = {v: i for i, v in enumerate(self._item_ids.view.tolist())}
         self.removed = np.empty(0, dtype=np.int64)  # sorted positions taken out (remove_items): never returned
         split = prep.split
         seen = pl.concat([split.part("train"), split.part("valid")])
@@ -85,17 +85,17 @@ class Recommender:
 
     @property
     def n_items(self) -> int:
-        return len(self._item_ids)
+        return self._item_ids.n
 
     def item_embeddings(self, positions: np.ndarray | None = None) -> np.ndarray:
         """(n, d) embeddings of items by position (all items, added ones included, when None)."""
-        emb = np.concatenate(self._item_emb) if len(self._item_emb) > 1 else self._item_emb[0]
+        emb = self._item_emb.view
         return emb if positions is None else emb[np.asarray(positions, dtype=np.int64)]
 
     def item_ids(self, positions: np.ndarray) -> np.ndarray:
         """Item positions → external ids (None for the -1 padding)."""
-        ids = np.asarray(self._item_ids + [None], dtype=object)
-        return ids[np.where(positions >= 0, positions, len(self._item_ids))]
+        ids = self._item_ids.view
+        return np.where(positions >= 0, ids[np.maximum(positions, 0)], None)
 
     def recommend(self, user_ids: Sequence[str] | str, k: int = 10) -> pl.DataFrame:
         """Top-k unseen items per known user: columns user_id, rank (1..k), item_id, score.
@@ -263,7 +263,7 @@ class Recommender:
         self._item_emb.append(emb)
         for i, v in enumerate(ids):
             self._item_pos[v] = start + i
-        self._item_ids.extend(ids)
+        self._item_ids.append(np.array(ids, dtype=object))
         return np.arange(start, self.n_items)
 
     def embed_new_user(self, item_ids: Sequence[str] = (), features: pl.DataFrame | Mapping[str, Any] | None = None,
