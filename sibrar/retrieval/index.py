@@ -145,9 +145,10 @@ class ItemIndex:
         idx = np.asarray(idx, dtype=np.int64)
         return np.where(idx >= 0, self._item_ids[np.maximum(idx, 0)], -1)
 
-    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
+    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None,
+                          rerank: int | None = None) -> None:
         """Change the query-time recall/speed knobs without rebuilding."""
-        changes = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe)) if v is not None}
+        changes = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe), ("rerank", rerank)) if v is not None}
         self.config = dataclasses.replace(self.config, **changes)
         _apply_search_params(self._index, self.config)
 
