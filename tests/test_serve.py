@@ -452,3 +452,42 @@ def test_page_shows_a_user_and_a_new_movie_reaches_the_users_it_fits(run_dir, re
         wait.until(EC.text_to_be_present_in_element((By.ID, "add-error"), "features"))
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------ text modalities
+
+
+def test_new_item_text_is_rendered_with_the_runs_template_and_encoded_by_its_encoder(synthetic_shared_dir, tmp_path):
+    """A twin of a run item (same genres and year) gets the same text vector, hence the same embedding."""
+    from sibrar.encoders.text import encode_text
+    from sibrar.serve.service import Service
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_shared_dir, data / synthetic_shared_dir.name)
+    folder = data / synthetic_shared_dir.name
+    encode_text(folder, modality="desc", template="{genres} films from {year}", progress=False)
+    config = {
+        "data": {"dataset": str(folder), "k_core": 0,
+                 "item_modalities": {"genres": {"column": "genres"}, "year": {"column": "year"}, "desc": {"kind": "vector"}}},
+        "split": {"protocol": "cold_item", "seed": 2},
+        "model": {"name": "sibrar", "dim": 8,
+                  "item": {"modalities": ["genres", "desc"], "common_dim": 8, "branch": {"hidden": [8]}}},
+        "train": {"epochs": 1, "batch_size": 64, "n_negatives": 3}, "eval": {"ks": [10]},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    service = Service.load(tmp_path / "run")
+    assert set(service.texts) == {"desc"} and "year" in service.texts["desc"].types
+    table = service.rec.run.prepared.dataset.item_table
+    row = next(r for r in table.iter_rows(named=True) if r["genres"] and r["year"] is not None)
+    service.add_item("twin", "Twin", {"genres": row["genres"], "year": row["year"]})
+    pos = service.rec.item_position(row["item_id"])
+    np.testing.assert_allclose(service.rec.item_embeddings(np.array([service.rec.item_position("twin")])),
+                               service.rec.item_embeddings(np.array([pos])), rtol=1e-5, atol=1e-6)
+    # a text given as a string is encoded as it is; a different text moves the item
+    service.add_item("plot", None, {"genres": row["genres"], "desc": "a slow drama about lighthouse keepers"})
+    assert not np.allclose(service.rec.item_embeddings(np.array([service.rec.item_position("plot")])),
+                           service.rec.item_embeddings(np.array([pos])))
+    again = Service.load(tmp_path / "run")  # the restart re-renders and re-encodes the same texts
+    np.testing.assert_allclose(again.rec.item_embeddings(np.array([again.rec.item_position("plot")])),
+                               service.rec.item_embeddings(np.array([service.rec.item_position("plot")])), rtol=1e-5)

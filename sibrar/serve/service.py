@@ -19,10 +19,12 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from sibrar.encoders.text import embed_texts
 from sibrar.errors import ConflictError, DataError, NotFoundError, RetrievalError
-from sibrar.retrieval.index import IndexConfig
+from sibrar.retrieval.index import IndexConfig, choose_config
 from sibrar.retrieval.recommender import Recommender
 from sibrar.serve.store import ItemStore
+from sibrar.serve.text import text_features
 
 TITLE_COLUMNS = ("movie_title", "title", "name", "track_name", "item_name")
 AUDIENCE_POOL = 50  # users checked for "the new item is in their top-k" after an add
@@ -87,6 +89,14 @@ class Service:
         config = rec.run.config.data
         self.item_features = _feature_names(config.item_modalities, rec.run.model, "item_tower")
         self.user_features = _feature_names(config.user_modalities, rec.run.model, "user_tower")
+        dataset = rec.run.prepared.dataset
+        self.texts = text_features(dataset.folder, dataset.item_table, self.item_features)
+        self._column_of = {name: spec.column for name, spec in (config.item_modalities or {}).items()
+                           if getattr(spec, "column", None)}
+        self._title_column = next((c for c in TITLE_COLUMNS if dataset.item_table is not None
+                                   and c in dataset.item_table.columns), None)
+        for feature in self.texts.values():  # columns a text is rendered from may be given too (not the title)
+            self.item_features |= {c for c in feature.types if c != self._title_column}
 
     @classmethod
     def load(cls, run_dir: str | Path, *, index: str | None = None, device: str = "cpu") -> Service:
@@ -94,17 +104,18 @@ class Service:
         run_dir = Path(run_dir)
         rec = Recommender.load(run_dir, device=device, index_config=IndexConfig(kind=index) if index else None)
         service = cls(rec, ItemStore(run_dir), run_dir)
-        service._replay()
+        service._replay(IndexConfig(kind=index) if index else None)
         return service
 
-    def _replay(self) -> None:
+    def _replay(self, config: IndexConfig | None) -> None:
         """Re-embed the persisted adds (consecutive ones in one batch) and apply the removals, in order."""
         added = 0
         pending: list[dict[str, Any]] = []
 
         def flush() -> None:
             if pending:
-                emb = self.rec.embed_items(_frame([p["features"] for p in pending]), on_unknown="ignore")
+                rows = self._with_texts([p["features"] for p in pending], [p.get("title") for p in pending])
+                emb = self.rec.embed_items(_frame(rows), on_unknown="ignore")
                 self._apply_add([str(p["item_id"]) for p in pending], [p.get("title") for p in pending], emb)
                 pending.clear()
 
@@ -117,7 +128,7 @@ class Service:
                 self.rec.remove_items(event.item_ids)
         flush()
         if added:  # an ANN index trained on the run's items only would serve many added items badly
-            self.rec.rebuild_index()
+            self.rec.rebuild_index(config or choose_config(self.rec.n_items))
 
     # ------------------------------------------------------------------------------ reading
 
@@ -218,7 +229,7 @@ class Service:
             raise RetrievalError(f"features: give at least one item feature ({', '.join(sorted(self.item_features))})")
         self._check_new_id(item_id)
         with self._embed_lock:
-            emb = _guard(lambda: self.rec.embed_items(_frame([dict(features)])), "features")
+            emb = _guard(lambda: self.rec.embed_items(_frame(self._with_texts([dict(features)], [title]))), "features")
         with self.lock.write():
             self._check_new_id(item_id)  # another request may have taken the id meanwhile
             self.store.add([{"item_id": item_id, "title": title, "features": dict(features)}])
@@ -233,6 +244,36 @@ class Service:
             self.store.remove([item_id])
             self.rec.remove_items([item_id])
             return self.rec.n_items - self.rec.removed.size
+
+    def _with_texts(self, rows: list[dict[str, Any]], titles: list[str | None]) -> list[dict[str, Any]]:
+        """Rows with each text modality the run rebuilds from columns filled in (when not given as a vector)."""
+        if not self.texts:
+            return rows
+        rows = [dict(r) for r in rows]
+        for name, feature in self.texts.items():
+            todo, texts = [], []
+            for i, (row, title) in enumerate(zip(rows, titles)):
+                if isinstance(row.get(name), str):  # the text itself, e.g. a plot summary
+                    todo.append(i)
+                    texts.append(row[name])
+                    continue
+                if row.get(name) is not None:
+                    continue
+                values = {}
+                for column in feature.types:
+                    named = next((m for m, c in self._column_of.items() if c == column and m in row), None)
+                    values[column] = row.get(column, row.get(named) if named else None)
+                    if values[column] is None and column == self._title_column:
+                        values[column] = title
+                text = feature.render(values)
+                if text:
+                    todo.append(i)
+                    texts.append(text)
+            if texts:
+                vectors = embed_texts(texts, feature.encoder)  # (n, d) by the run's own encoder settings
+                for i, vec in zip(todo, vectors.tolist()):
+                    rows[i][name] = vec
+        return rows
 
     def _apply_add(self, ids: list[str], titles: list[str | None], emb: np.ndarray) -> np.ndarray:
         pos = self.rec.add_embedded(ids, emb)
