@@ -189,10 +189,15 @@ class Recommender:
             "score": scores.ravel()[keep],
         })
 
+    def find(self, item_id: str) -> int:
+        """Position of a live item (run or added), -1 for unknown or removed ids."""
+        pos = self._item_pos.get(str(item_id), -1)
+        return -1 if pos < 0 or self.is_removed(pos) else pos
+
     def item_position(self, item_id: str) -> int:
         """Position of a live item (run or added); RetrievalError for unknown or removed ids."""
-        pos = self._item_pos.get(str(item_id), -1)
-        if pos < 0 or self.is_removed(pos):
+        pos = self.find(item_id)
+        if pos < 0:
             raise RetrievalError(f"unknown item id {str(item_id)!r} ({self.n_items - self.removed.size} items known)")
         return pos
 

@@ -205,12 +205,12 @@ class Service:
         _check_names(features, self.user_features, "user")
         frame = _frame([dict(features)]) if features else None
         with self.lock.read():
-            for v in item_ids:
-                pos = self.rec._item_pos.get(str(v), -1)
-                if pos < 0 or pos >= self.n_run_items or self.rec.is_removed(pos):
+            positions = [self.rec.find(v) for v in item_ids]
+            for v, pos in zip(item_ids, positions):
+                if pos < 0 or pos >= self.n_run_items:
                     raise RetrievalError(f"item_ids: unknown item id {str(v)!r}; a new user is described by items "
                                          f"of the trained run ({self.n_run_items} items)")
-            history = np.unique([self.rec._item_pos[str(v)] for v in item_ids]).astype(np.int64)
+            history = np.unique(np.array(positions, dtype=np.int64))
         with self._embed_lock:
             emb = _guard(lambda: self.rec.embed_new_user(list(item_ids), frame), "features")
         seen = sp.csr_array((np.ones(history.size, dtype=np.float32), (np.zeros(history.size, dtype=np.int64), history)),
@@ -281,8 +281,7 @@ class Service:
         return pos
 
     def _check_new_id(self, item_id: str) -> None:
-        pos = self.rec._item_pos.get(item_id, -1)
-        if pos >= 0 and not self.rec.is_removed(pos):
+        if self.rec.find(item_id) >= 0:
             raise ConflictError(f"item_id: {item_id!r} is already in the catalogue; use a new id "
                                 f"(or DELETE /items/{item_id} first)")
 
