@@ -47,7 +47,7 @@ class IndexConfig:
     nlist: int = 1024  # IVF cells; capped at n_items // 39 so k-means has 39 points per centroid
     nprobe: int = 32  # IVF cells visited per query: recall vs speed
     pq_m: int = 0  # ivfpq sub-quantisers (4 bits each); 0 = dim // 2, i.e. one byte per 4 dimensions
-    rerank: int = 20  # ivfpq: fetch rerank × k candidates by code distance, rerank them exactly
+    rerank: int = 10  # ivfpq: fetch rerank × k candidates by code distance, rerank them exactly
     threads: int | None = None  # faiss OpenMP threads (process-wide); None keeps faiss's default
 
     def __post_init__(self) -> None:
@@ -306,7 +306,7 @@ def choose_config(n_items: int) -> IndexConfig:
     """
     if n_items < ANN_MIN_ITEMS:
         return IndexConfig(kind="flat")
-    return IndexConfig(kind="ivfpq", nlist=4096, nprobe=64, rerank=20)
+    return IndexConfig(kind="ivfpq", nlist=2048, nprobe=128, rerank=10)
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray, k: int) -> float:
@@ -395,8 +395,10 @@ def _build_faiss(item_emb: np.ndarray, config: IndexConfig) -> tuple[faiss.Index
         else:
             index = (faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, sq8, metric) if config.lossy
                      else faiss.IndexIVFFlat(quantizer, dim, nlist, metric))
-    if not index.is_trained:
-        index.train(stored)
+    if not index.is_trained:  # k-means on a seeded sample: 64 points per cell are plenty (faiss: 39 minimum)
+        sample = max(64 * getattr(index, "nlist", 1), 50_000)
+        pick = np.random.default_rng(0).choice(len(stored), sample, replace=False) if len(stored) > sample else None
+        index.train(stored if pick is None else stored[np.sort(pick)])
     index.add(stored)
     if config.kind == "ivf" and not config.lossy:
         index.make_direct_map(True)  # reconstruct() for exact rescoring
