@@ -32,7 +32,7 @@ from sibrar.retrieval.index import ANN_MIN_ITEMS, choose_config
 
 K = 10
 TARGET_RECALL, TARGET_SPEEDUP = 0.95, 20.0
-IVFPQ_NPROBES = [8, 16, 32, 64, 128]
+IVFPQ_NPROBES = [16, 32, 64, 128, 256]
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "ivfpq":
             sweeps["ivfpq nprobe"] = sweep(index, queries[:n_queries], exact_idx, "nprobe", IVFPQ_NPROBES, args.repeats)
             index.set_search_params(nprobe=configs[kind].nprobe)
-            sweeps["ivfpq rerank"] = sweep(index, queries[:n_queries], exact_idx, "rerank", [5, 10, 20, 40],
+            sweeps["ivfpq rerank"] = sweep(index, queries[:n_queries], exact_idx, "rerank", [5, 10, 20],
                                            args.repeats)
         if kind in kinds:
             rows.append(row)
