@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import http.client
+import itertools
 import json
 import os
 import shlex
@@ -150,6 +151,7 @@ def scenarios(server: Server, run_items: list[str], genres: list[str], seed: int
     user_pick = rng.choice(len(users), size=100_000)
     liked = rng.choice(len(run_items), size=(100_000, 5))
     tag = f"{seed}-{time.time_ns()}"
+    new_ids = itertools.count()  # unique over warm-up and measured runs (next() is atomic under the GIL)
 
     def user(i: int) -> tuple[str, str, bytes | None]:
         return "GET", f"/users/{users[user_pick[i]]}/recommendations?k=10", None
@@ -158,7 +160,7 @@ def scenarios(server: Server, run_items: list[str], genres: list[str], seed: int
         return "POST", "/recommendations", json.dumps({"item_ids": [run_items[j] for j in liked[i]], "k": 10}).encode()
 
     def add(i: int) -> tuple[str, str, bytes | None]:
-        body = {"item_id": f"bench-{tag}-{i}", "title": f"Generated movie {i} (SYNTHETIC)",
+        body = {"item_id": f"bench-{tag}-{next(new_ids)}", "title": f"Generated movie {i} (SYNTHETIC)",
                 "features": {"genres": [genres[j] for j in liked[i][: 1 + i % 3] % len(genres)],
                              "year": float(1930 + liked[i][0] % 70)}}
         return "POST", "/items", json.dumps(body).encode()

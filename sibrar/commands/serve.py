@@ -15,12 +15,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="item index kind (default: the one saved next to the run, else chosen by catalogue size)")
     serve.add_argument("--max-body-bytes", type=int, default=None, help="request body limit (default 64 KiB)")
     serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--threads", type=int, default=1,
+                       help="threads per request for torch, faiss and polars (default 1: requests run side by side)")
     serve.add_argument("--device", default="cpu")
     serve.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from sibrar.errors import ConfigError
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    if "polars" not in sys.modules:  # polars sizes its pool once, at import
+        os.environ.setdefault("POLARS_MAX_THREADS", str(args.threads))
+    import faiss
+    import torch
     import uvicorn
+
+    # one small request is faster on one thread, and thread pools spinning against each other on a
+    # busy machine cost tens of milliseconds per request
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
 
     from sibrar.serve.app import MAX_BODY_BYTES, create_app
     from sibrar.serve.service import Service

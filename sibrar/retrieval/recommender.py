@@ -456,7 +456,7 @@ def _convert(old: Modality, col: pl.Series, entity: str, on_unknown: OnUnknown) 
             arr = np.asarray(rows, dtype=np.float64).reshape(n, width)
         else:
             try:
-                raw = col.cast(pl.Float64, strict=True)
+                raw = col if col.dtype == pl.Float64 else col.cast(pl.Float64, strict=True)
             except pl.exceptions.PolarsError as exc:
                 raise RetrievalError(f"{where}: expected numbers, got {col.dtype}") from exc
             arr = raw.fill_null(float("nan")).to_numpy().reshape(n, -1)
