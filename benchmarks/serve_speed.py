@@ -83,7 +83,8 @@ class Server:
                                          str(self.port), *extra], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         while True:
             if self.process.poll() is not None:
-                raise SystemExit(f"sibrar serve exited with {self.process.returncode}; see {log}")
+                self.log.close()
+                raise SystemExit(f"sibrar serve exited with {self.process.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 conn.request("GET", "/health")
@@ -205,33 +206,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bounds  : {args.requests} requests or {args.duration:g} s per scenario, clients {clients}, 127.0.0.1 only",
           flush=True)
     run = args.run or ensure_run(args.work)
-    rows = []
+    catalogues = args.catalogues.split(",")
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for catalogue in args.catalogues.split(","):
-            copy = Path(tmp) / catalogue / "run"
-            shutil.copytree(run, copy, ignore=shutil.ignore_patterns("served"))
-            run_items, genres = run_vocabulary(copy)
-            if catalogue != "ml-1m":
-                n_new = args.n_items - len(run_items)
-                t0 = time.perf_counter()
-                ItemStore(copy).add(generated_items(n_new, genres, args.seed))
-                print(f"wrote {n_new:,} generated SYNTHETIC items in {time.perf_counter() - t0:.1f} s", flush=True)
-            server = Server(copy, Path(tmp) / f"{catalogue}.log")
-            health = server.health
-            print(f"\n## {catalogue}: {health['n_items']:,} items, {health['n_users']:,} users, {health['index']} index "
-                  f"(server up in {server.start_s:.0f} s)", flush=True)
+        base = Path(tmp) / "ml-1m" / "run"
+        shutil.copytree(run, base, ignore=shutil.ignore_patterns("served"))
+        server = Server(base, Path(tmp) / "ml-1m.log")
+        try:
+            run_items, genres = vocabulary(server)
+            if "ml-1m" in catalogues:
+                rows += measure(server, "ml-1m", run_items, genres, clients, args)
+        finally:
+            server.stop()
+        if "1m" in catalogues:
+            copy = Path(tmp) / "1m" / "run"
+            shutil.copytree(base, copy, ignore=shutil.ignore_patterns("served"))
+            n_new = args.n_items - len(run_items)
+            t0 = time.perf_counter()
+            ItemStore(copy).add(generated_items(n_new, genres, args.seed))
+            print(f"\nwrote {n_new:,} generated SYNTHETIC items in {time.perf_counter() - t0:.1f} s", flush=True)
+            server = Server(copy, Path(tmp) / "1m.log")  # embeds them, then indexes all items by catalogue size
             try:
-                makers = scenarios(server, run_items, genres, args.seed)
-                for name, make in makers.items():
-                    for c in clients:
-                        load(server.port, make, clients=c, requests=min(50, args.requests), duration=5)  # warm-up
-                        r = load(server.port, make, clients=c, requests=args.requests, duration=args.duration)
-                        row = {"catalogue": catalogue, "n_items": health["n_items"], "index": health["index"],
-                               "scenario": name, "clients": c, **r, "load_avg": os.getloadavg()[0]}
-                        rows.append(row)
-                        print(f"  {name:16s} {c} client(s): {r['rps']:8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                              f"p99 {r['p99_ms']:6.2f} ms  ({r['requests']} requests, {r['errors']} errors, "
-                              f"load {row['load_avg']:.1f})", flush=True)
+                rows += measure(server, "1m", run_items, genres, clients, args)
             finally:
                 server.stop()
     print_summary(rows)
@@ -241,13 +237,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_vocabulary(run_dir: Path) -> tuple[list[str], list[str]]:
-    """The run's item ids (from its saved index) and the genre values its item tower knows."""
-    from sibrar.retrieval.recommender import Recommender
+def get(port: int, path: str) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", path)
+    return json.loads(conn.getresponse().read())
 
-    rec = Recommender.load(run_dir)
-    modality = rec.run.model.item_tower.projections["genres"].modality
-    return [str(v) for v in rec.item_ids(np.arange(rec.n_items)).tolist()], list(modality.vocab[1:])
+
+def vocabulary(server: Server) -> tuple[list[str], list[str]]:
+    """The run's item ids and the genre values its item tower knows, asked from the server."""
+    listing = get(server.port, "/items?limit=10000")
+    ids = [i["item_id"] for i in listing["items"]]
+    while len(ids) < listing["n_items"]:
+        ids += [i["item_id"] for i in get(server.port, f"/items?offset={len(ids)}&limit=10000")["items"]]
+    genres = next(f["values"] for f in get(server.port, "/features")["item"] if f["name"] == "genres")
+    return ids, genres
+
+
+def measure(server: Server, catalogue: str, run_items: list[str], genres: list[str], clients: list[int],
+            args: argparse.Namespace) -> list[dict]:
+    """Every scenario at every client count against one running server."""
+    health = server.health
+    print(f"\n## {catalogue}: {health['n_items']:,} items, {health['n_users']:,} users, {health['index']} index "
+          f"(server up in {server.start_s:.0f} s)", flush=True)
+    rows = []
+    for name, make in scenarios(server, run_items, genres, args.seed).items():
+        for c in clients:
+            load(server.port, make, clients=c, requests=min(50, args.requests), duration=5)  # warm-up
+            r = load(server.port, make, clients=c, requests=args.requests, duration=args.duration)
+            row = {"catalogue": catalogue, "n_items": health["n_items"], "index": health["index"], "scenario": name,
+                   "clients": c, **r, "load_avg": os.getloadavg()[0]}
+            rows.append(row)
+            print(f"  {name:16s} {c} client(s): {r['rps']:8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+                  f"p99 {r['p99_ms']:6.2f} ms  ({r['requests']} requests, {r['errors']} errors, "
+                  f"load {row['load_avg']:.1f})", flush=True)
+    return rows
 
 
 def print_summary(rows: list[dict]) -> None:

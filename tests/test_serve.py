@@ -154,6 +154,15 @@ def seen_of(rec: Recommender, user: str) -> set[str]:
     return set(rec.item_ids(rec.seen[[u]].indices).tolist())
 
 
+def test_items_are_listed_in_pages_with_titles(server, rec):
+    first = server.get("/items", params={"limit": 5}).json()
+    assert first["n_items"] >= rec.n_items and len(first["items"]) == 5
+    assert [i["item_id"] for i in first["items"]] == rec.item_ids(np.arange(5)).tolist()
+    assert first["items"][0]["title"] == server.get(f"/items/{first['items'][0]['item_id']}").json()["title"]
+    second = server.get("/items", params={"offset": 5, "limit": 5}).json()
+    assert not {i["item_id"] for i in first["items"]} & {i["item_id"] for i in second["items"]}
+
+
 def test_similar_items_exclude_the_item_and_rank_by_inner_product(server, rec):
     got = server.get("/items/50/similar", params={"k": 5}).json()
     assert got["title"] == "Star Wars" and len(got["items"]) == 5 and "50" not in ids_of(got)

@@ -59,6 +59,11 @@ def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
     def recommend_new(body: S.NewUser) -> dict[str, Any]:
         return {"user_id": None, "k": body.k, "items": _items(service.recommend_new_user(body.item_ids, body.features, body.k))}
 
+    @app.get("/items", response_model=S.ItemList)
+    def items(offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+        n_items, page = service.items(offset, limit)
+        return {"n_items": n_items, "items": [{"item_id": i, "title": t} for i, t in page]}
+
     @app.get("/items/{item_id}", response_model=S.Item)
     def item(item_id: str) -> dict[str, Any]:
         return {"item_id": item_id, "title": service.item(item_id)[1]}

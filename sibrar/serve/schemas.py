@@ -68,6 +68,11 @@ class UserInfo(BaseModel):
     history: list[Item] = Field(description="items the user interacted with in training/validation (never recommended)")
 
 
+class ItemList(BaseModel):
+    n_items: int = Field(description="live items (removed ones are not listed)")
+    items: list[Item]
+
+
 class UserList(BaseModel):
     n_users: int
     user_ids: list[str]

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from sibrar.encoders.text import embed_texts
+from sibrar.encoders.text import embed_texts, load_text_model
 from sibrar.errors import ConflictError, DataError, NotFoundError, RetrievalError
 from sibrar.retrieval.index import IndexConfig, choose_config
 from sibrar.retrieval.recommender import Recommender
@@ -104,6 +104,8 @@ class Service:
         run_dir = Path(run_dir)
         rec = Recommender.load(run_dir, device=device, index_config=IndexConfig(kind=index) if index else None)
         service = cls(rec, ItemStore(run_dir), run_dir)
+        for feature in service.texts.values():  # load the text encoders now, not in the first POST /items
+            load_text_model(feature.encoder.model)
         service._replay(IndexConfig(kind=index) if index else None)
         return service
 
@@ -157,6 +159,13 @@ class Service:
 
     def user_ids(self, offset: int, limit: int) -> list[str]:
         return [str(v) for v in self.rec.user_ids.ids[offset:offset + limit].tolist()]
+
+    def items(self, offset: int, limit: int) -> tuple[int, list[tuple[str, str | None]]]:
+        """The live catalogue in position order (run items first, then added ones), one page of it."""
+        with self.lock.read():
+            live = np.setdiff1d(np.arange(self.rec.n_items), self.rec.removed, assume_unique=True)
+            page = live[offset:offset + limit]
+            return len(live), [(str(i), self.titles[p]) for i, p in zip(self.rec.item_ids(page).tolist(), page.tolist())]
 
     def _user(self, user_id: str) -> int:
         if user_id not in self.rec.user_ids:
