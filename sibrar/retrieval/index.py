@@ -306,7 +306,7 @@ def choose_config(n_items: int) -> IndexConfig:
     """
     if n_items < ANN_MIN_ITEMS:
         return IndexConfig(kind="flat")
-    return IndexConfig(kind="ivfpq", nlist=2048, nprobe=128, rerank=10)
+    return IndexConfig(kind="ivfpq", nlist=2048, nprobe=128, rerank=20)
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray, k: int) -> float:
