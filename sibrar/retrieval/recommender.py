@@ -27,6 +27,7 @@ from sibrar.retrieval.index import AppendOnly, IndexConfig, ItemIndex, choose_co
 
 OnUnknown = Literal["error", "ignore"]
 _TRAINED_ONLY = ("interactions", "id")  # modalities a new entity cannot have (built from training data)
+DENSE_MAX_SCORES = 4_000_000  # a flat index answers small queries × catalogue products by one dense GEMM
 GEMM_MAX_ITEMS = 200_000  # recommend_all: exact blocked GEMM up to this size, the index above (if approximate)
 
 
@@ -162,8 +163,23 @@ class Recommender:
         query = np.ascontiguousarray(query, dtype=np.float32)
         if seen is None:
             seen = sp.csr_array((query.shape[0], self.n_items), dtype=np.float32)
+        if self.index.config.kind == "flat" and query.shape[0] * self.n_items <= DENSE_MAX_SCORES:
+            return self._dense_topk(query, seen, k)
         hits = self.index.search(query, k, exclude=self._exclusions(seen))
         return hits.ids, hits.scores
+
+    def _dense_topk(self, query: np.ndarray, seen: sp.csr_array, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by one small GEMM (what a flat index computes, without its exclusion bookkeeping)."""
+        scores = query @ self.item_embeddings().T  # (Q, I)
+        rows = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
+        scores[rows, seen.indices] = -np.inf
+        scores[:, self.removed] = -np.inf
+        k = min(k, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
+        return np.where(np.isfinite(best), top, -1), best
 
     def _exclusions(self, seen: sp.csr_array) -> sp.csr_array:
         """``seen`` widened to the whole catalogue, plus the removed items in every row."""
