@@ -329,7 +329,8 @@ def test_a_restart_keeps_added_and_removed_items(run_dir, rec, tmp_path):
         health = second.get("/health").json()
         assert health["n_added"] == 2 and health["n_items"] == rec.n_items
         after = second.get("/users/3/recommendations", params={"k": 10}).json()
-        assert ids_of(after) == ids_of(before) and "keep" in ids_of(after)
+        assert set(ids_of(after)) == set(ids_of(before)) and "keep" in ids_of(after)  # twins may swap (last-bit ties)
+        np.testing.assert_allclose([i["score"] for i in after["items"]], [i["score"] for i in before["items"]], rtol=1e-5)
         assert second.get("/items/keep").json()["title"] == "Kept"
         assert second.get("/items/gone").status_code == 404 and second.get("/items/50").status_code == 404
     finally:

@@ -177,7 +177,7 @@ class Recommender:
         k = min(k, scores.shape[1])
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         best = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-best, axis=1, kind="stable")
+        order = np.lexsort((top, -best), axis=1)  # best first; ties by position, so answers are reproducible
         top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
         return np.where(np.isfinite(best), top, -1), best
 
