@@ -357,10 +357,11 @@ def test_pyfunc_model_logged_by_train_predicts_the_top_k(ml100k_dir, run_dir, re
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["train", "run.yaml", "--out", "run", "--no-progress", "--mlflow"]) == 0
+    # an absolute URI: MLflow caches stores by URI string, so a relative sqlite:///mlflow.db would leak
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--no-progress",
+                 "--tracking-uri", uri]) == 0
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("sibrar")
     (logged,) = client.search_logged_models([experiment.experiment_id], filter_string="name = 'recommender'")
