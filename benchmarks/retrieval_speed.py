@@ -1,4 +1,4 @@
-"""Speed, memory and recall of ItemIndex (flat / HNSW / IVF) on a synthetic clustered catalogue.
+"""Speed, memory and recall of ItemIndex (flat / HNSW / IVF / IVF fast-scan PQ) on a synthetic clustered catalogue.
 
 Run by hand, e.g. ``python benchmarks/retrieval_speed.py`` (1M items, d=128) or ``--quick``.
 The catalogue is SYNTHETIC: a Gaussian mixture in a low-rank latent space (like learned
@@ -10,6 +10,7 @@ inner-product top-k from the flat index; every index answers through ``ItemIndex
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import gc
 import os
@@ -27,9 +28,11 @@ import numpy as np
 from provenance import commit, machine  # benchmarks/provenance.py
 
 from sibrar.retrieval import IndexConfig, ItemIndex, recall_at_k
+from sibrar.retrieval.index import ANN_MIN_ITEMS, choose_config
 
 K = 10
 TARGET_RECALL, TARGET_SPEEDUP = 0.95, 20.0
+IVFPQ_NPROBES = [16, 32, 64, 128, 256]
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,16 @@ def measure(kind: str, config: IndexConfig, items: np.ndarray, queries: np.ndarr
               "hnsw": f"{config.mips} {config.storage}, M={config.hnsw_m} efC={config.ef_construction} "
                       f"efS={config.ef_search}",
               "ivf": f"{config.mips} {config.storage}, nlist={min(config.nlist, len(items) // 39)} "
-                     f"nprobe={config.nprobe}"}[kind]
+                     f"nprobe={config.nprobe}",
+              "ivfpq": f"{config.mips} fast-scan PQ{config.pq_m or args_dim(items) // 2}x4, "
+                       f"nlist={min(config.nlist, len(items) // 39)} nprobe={config.nprobe}, rerank {config.rerank}×k"}[kind]
     row = Row(kind, params, build_s, *(np.percentile(lat, [50, 99]) * 1e3), 1 / lat.mean(), len(queries) / batch_s,
               recall_at_k(hits.ids, exact, K), size, peak)
     return row, index, hits.ids
+
+
+def args_dim(items: np.ndarray) -> int:
+    return int(items.shape[1])
 
 
 def sweep(index: ItemIndex, queries: np.ndarray, exact_idx: np.ndarray, name: str,
@@ -139,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-queries", type=int, default=None, help="batched queries (default 1000)")
     parser.add_argument("--n-single", type=int, default=None, help="single-query latency samples (default 200)")
     parser.add_argument("--quick", action="store_true", help="100k items and 100 single queries")
-    parser.add_argument("--kinds", default="flat,hnsw,ivf")
+    parser.add_argument("--kinds", default="flat,hnsw,ivf,ivfpq")
+    parser.add_argument("--nlist", type=int, default=None, help="ivf/ivfpq cells (default: IndexConfig's; ivfpq: "
+                                                                 "sibrar index's choice for the catalogue)")
     parser.add_argument("--threads", type=int, default=None, help="faiss threads (default: all cores)")
     parser.add_argument("--mips", choices=["reduction", "native"], default=IndexConfig().mips,
                         help="how hnsw/ivf search inner products (default: IndexConfig's)")
@@ -172,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = {"flat": IndexConfig(kind="flat", threads=args.threads),
                "hnsw": IndexConfig(kind="hnsw", mips=args.mips, storage=args.storage, threads=args.threads),
-               "ivf": IndexConfig(kind="ivf", mips=args.mips, storage=args.storage, threads=args.threads)}
+               "ivf": IndexConfig(kind="ivf", mips=args.mips, storage=args.storage, threads=args.threads,
+                                  **({"nlist": args.nlist} if args.nlist else {})),
+               "ivfpq": dataclasses.replace(choose_config(max(n_items, ANN_MIN_ITEMS)), threads=args.threads,
+                                            **({"nlist": args.nlist} if args.nlist else {}))}
     rows: list[Row] = []
     sweeps: dict[str, list[tuple[int, float, float]]] = {}
     exact_idx = None
@@ -187,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "ivf":
             sweeps["ivf nprobe"] = sweep(index, queries[:n_queries], exact_idx, "nprobe", [8, 16, 32, 64, 128],
                                          args.repeats)
+        elif kind == "ivfpq":
+            sweeps["ivfpq nprobe"] = sweep(index, queries[:n_queries], exact_idx, "nprobe", IVFPQ_NPROBES, args.repeats)
+            index.set_search_params(nprobe=configs[kind].nprobe)
+            sweeps["ivfpq rerank"] = sweep(index, queries[:n_queries], exact_idx, "rerank", [5, 10, 20],
+                                           args.repeats)
         if kind in kinds:
             rows.append(row)
         print(f"  {kind} done ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
@@ -210,13 +229,21 @@ def print_table(rows: list[Row], sweeps: dict[str, list[tuple[int, float, float]
     for name, points in sweeps.items():
         print(f"\n{name} sweep (batched): " + "; ".join(
             f"{v}: recall {rec:.3f}, {qps:,.0f} q/s ({qps / flat_qps:.1f}×)" for v, rec, qps in points))
-    hnsw = next((r for r in rows if r.kind == "hnsw"), None)
-    if hnsw is not None:
+    for kind, label in (("hnsw", "HNSW"), ("ivfpq", "IVF fast-scan")):
+        row = next((r for r in rows if r.kind == kind), None)
+        if row is None:
+            continue
         print()
-        for mode, ratio in (("batched", hnsw.batch_qps / flat_qps), ("single-query", hnsw.single_qps / flat_single)):
-            ok = hnsw.recall >= TARGET_RECALL and ratio >= TARGET_SPEEDUP
-            print(f"target (HNSW recall@10 ≥ {TARGET_RECALL} at ≥ {TARGET_SPEEDUP:.0f}× flat {mode} throughput): "
-                  f"{'MET' if ok else 'NOT MET'} — recall {hnsw.recall:.3f}, {ratio:.1f}×")
+        for mode, ratio in (("batched", row.batch_qps / flat_qps), ("single-query", row.single_qps / flat_single)):
+            ok = row.recall >= TARGET_RECALL and ratio >= TARGET_SPEEDUP
+            print(f"target ({label} recall@10 ≥ {TARGET_RECALL} at ≥ {TARGET_SPEEDUP:.0f}× flat {mode} throughput): "
+                  f"{'MET' if ok else 'NOT MET'} — recall {row.recall:.3f}, {ratio:.1f}×")
+    best = [(name, v, rec, qps) for name, pts in sweeps.items() if name.startswith("ivfpq")
+            for v, rec, qps in pts if rec >= TARGET_RECALL]
+    if best:
+        name, v, rec, qps = max(best, key=lambda b: b[3])
+        print(f"fastest ivfpq setting at recall@10 ≥ {TARGET_RECALL}: {name} = {v}: recall {rec:.3f}, "
+              f"{qps / flat_qps:.1f}× flat batched")
     print("peak RSS = the process's high-water mark while that index was built and queried (data included);"
           " index MB = saved index folder")
 

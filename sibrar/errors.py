@@ -47,6 +47,14 @@ class IntegrityError(DataError):
     """A built data file no longer matches the checksum recorded when it was fetched."""
 
 
+class NotFoundError(RetrievalError):
+    """An id (user, item) the served run does not know; HTTP 404."""
+
+
+class ConflictError(RetrievalError):
+    """A new item id that is already in the catalogue; HTTP 409."""
+
+
 class TrainingError(SibrarError):
     """A run failed in a way that is not bad input (diverged loss, broken checkpoint). Exit code 3."""
 

@@ -385,6 +385,7 @@ class MLflowCallback(Callback):
             self.log_artifacts(files, root=result.run_dir)
         if log_model:
             self._guard("logging the model", lambda: self._log_model(result.model))
+            self._guard("logging the recommender model", lambda: self._log_recommender(result))
         self.end("FINISHED")
 
     def log_metrics(self, metrics: Mapping[str, Any], *, step: int = 0) -> None:
@@ -422,6 +423,26 @@ class MLflowCallback(Callback):
         with _global_tracking_uri(self.uri):
             mlflow.pytorch.log_model(model, name="model", model_id=logged.model_id, run_id=self.run_id,
                                      pip_requirements=_requirements(), serialization_format="pickle")
+
+    def _log_recommender(self, result: RunResult) -> None:
+        """The run as an MLflow pyfunc LoggedModel named "recommender": predict(user ids) → top-k.
+
+        Logged next to the PyTorch flavour; its arrays travel with it, so `mlflow models serve`
+        answers without the dataset (see sibrar.serve.pyfunc).
+        """
+        import tempfile
+
+        import mlflow.pyfunc
+
+        from sibrar.serve.pyfunc import ARTIFACT, RecommenderModel, export_arrays
+
+        client = self._live_client()
+        logged = client.create_logged_model(self.experiment_id, name="recommender", source_run_id=self.run_id,  # type: ignore[arg-type]
+                                            tags={"model": str(self.config.model.name)})
+        with tempfile.TemporaryDirectory() as tmp, _global_tracking_uri(self.uri):
+            arrays = export_arrays(result.model, result.prepared, Path(tmp) / "recommender.npz")
+            mlflow.pyfunc.log_model(name="recommender", python_model=RecommenderModel(), artifacts={ARTIFACT: str(arrays)},
+                                    model_id=logged.model_id, pip_requirements=[*_requirements(), "pandas", "numpy"])
 
     # -------------------------------------------------------------- failure handling
 

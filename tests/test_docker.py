@@ -280,6 +280,16 @@ def test_env_example_values_are_used(raw):
 # ------------------------------------------------------------------------------------ the commands
 
 
+def test_serve_runs_the_api_over_a_run_on_the_runs_volume_only_when_asked(compose):
+    serve = compose["services"]["serve"]
+    assert serve["profiles"] == ["serve"] and "healthcheck" in serve
+    (argv,) = sibrar_commands(serve)
+    args = parser().parse_args(argv[1:])
+    assert args.func.__module__ == "sibrar.commands.serve" and args.host == "0.0.0.0" and args.port == 8000
+    assert args.run_dir.startswith("/runs/") and "runs:/runs" in serve["volumes"]
+    assert serve["ports"] == ["127.0.0.1:8000:8000"]
+
+
 def test_init_commands_parse_with_the_sibrar_cli(compose):
     commands = sibrar_commands(compose["services"]["init"])
     assert [c[:3] for c in commands] == [["sibrar", "data", "fetch"], ["sibrar", "encode", "text"]]

@@ -21,10 +21,11 @@ ANN_CONFIGS = {
     "hnsw-cosine-sq8": IndexConfig(kind="hnsw", normalize=True, storage="sq8", **HNSW),
     "ivf-reduction": IndexConfig(kind="ivf", mips="reduction", storage="float32", nlist=16, nprobe=8),
     "ivf-native-sq8": IndexConfig(kind="ivf", mips="native", storage="sq8", nlist=16, nprobe=8),
+    "ivfpq": IndexConfig(kind="ivfpq", nlist=16, nprobe=8),
 }
 # behaviour tests run on flat plus one index per code path (reduction / native / cosine × float32 / sq8)
 ALL_CONFIGS = {"flat": IndexConfig(kind="flat"), **{name: ANN_CONFIGS[name] for name in (
-    "hnsw-reduction", "hnsw-native-sq8", "hnsw-cosine-sq8", "ivf-reduction", "ivf-native-sq8")}}
+    "hnsw-reduction", "hnsw-native-sq8", "hnsw-cosine-sq8", "ivf-reduction", "ivf-native-sq8", "ivfpq")}}
 
 
 def make_embeddings(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
@@ -55,14 +56,14 @@ def test_flat_search_equals_numpy_topk(data: tuple[np.ndarray, np.ndarray]) -> N
 
 
 @pytest.mark.parametrize("name", ["hnsw-reduction", "hnsw-native", "hnsw-native-sq8", "ivf-reduction",
-                                  "ivf-native-sq8"])
+                                  "ivf-native-sq8", "ivfpq"])
 def test_ann_recall_at_10_is_high_under_mips(name: str, data: tuple[np.ndarray, np.ndarray]) -> None:
     items, query = data
     hits = ItemIndex.build(items, config=ANN_CONFIGS[name]).search(query, 10)
     assert recall_at_k(hits.ids, numpy_topk(query, items, 10), 10) >= 0.9
 
 
-@pytest.mark.parametrize("name", ["hnsw-reduction", "hnsw-native-sq8", "ivf-native-sq8"])
+@pytest.mark.parametrize("name", ["hnsw-reduction", "hnsw-native-sq8", "ivf-native-sq8", "ivfpq"])
 def test_ann_scores_are_exact_inner_products_sorted(name: str, data: tuple[np.ndarray, np.ndarray]) -> None:
     items, query = data
     hits = ItemIndex.build(items, config=ANN_CONFIGS[name]).search(query, 10)
@@ -222,6 +223,22 @@ def test_bad_config_raises() -> None:
 def test_ids_map_positions_and_keep_padding(data: tuple[np.ndarray, np.ndarray]) -> None:
     index = ItemIndex.build(data[0], item_ids=np.arange(N_ITEMS)[::-1] * 3)
     np.testing.assert_array_equal(index.ids(np.array([0, 5, -1])), [3 * (N_ITEMS - 1), 3 * (N_ITEMS - 6), -1])
+
+
+def test_ivfpq_reranks_exactly_and_more_candidates_raise_recall(data: tuple[np.ndarray, np.ndarray]) -> None:
+    items, query = data
+    truth = numpy_topk(query, items, 10)
+    recalls = [recall_at_k(ItemIndex.build(items, config=IndexConfig(kind="ivfpq", nlist=16, nprobe=16, pq_m=2,
+                                                                     rerank=r)).search(query, 10).ids, truth, 10)
+               for r in (1, 50)]
+    assert recalls[1] > recalls[0] and recalls[1] >= 0.95  # coarse 2-code PQ alone is poor; exact rerank fixes it
+
+
+def test_choose_config_is_exact_for_small_catalogues_and_fast_scan_for_large() -> None:
+    from sibrar.retrieval.index import ANN_MIN_ITEMS, choose_config
+
+    assert choose_config(10_000).kind == "flat"
+    assert choose_config(ANN_MIN_ITEMS).kind == "ivfpq" and choose_config(10**6).lossy
 
 
 def test_recall_at_k_counts_overlap() -> None:

@@ -255,3 +255,24 @@ def test_new_user_from_demographics_matches_the_demographics_only_view(synthetic
     with pytest.raises(RetrievalError, match="'gender': unknown value 'X'"):
         rec.embed_new_user(features={"gender": ["X"]})
     assert rec.recommend_new_user(features={"age": [30.0]}, k=5).height == 5
+
+
+def test_recommend_all_by_gemm_equals_the_index_path_and_skips_removed_items(run_dir):
+    rec = fresh(run_dir)
+    by_gemm, by_index = rec.recommend_all(10, exact=True), rec.recommend_all(10, exact=False)
+    assert by_gemm["user_id"].to_list() == by_index["user_id"].to_list()
+    np.testing.assert_allclose(by_gemm["score"].to_numpy(), by_index["score"].to_numpy(), rtol=1e-5, atol=1e-5)
+    same = by_gemm["item_id"].to_numpy() == by_index["item_id"].to_numpy()
+    assert same.mean() > 0.99  # only exact ties may swap
+    top = by_gemm["item_id"].value_counts(sort=True)["item_id"][0]  # the item recommended most often
+    rec.remove_items([top])
+    for exact in (True, False):
+        assert top not in set(rec.recommend_all(10, exact=exact)["item_id"])
+    with pytest.raises(RetrievalError, match=f"unknown item id '{top}'"):
+        rec.remove_items([top])
+
+
+def test_cli_index_auto_picks_flat_for_a_small_catalogue(run_dir, tmp_path, capsys):
+    other = copy_run(run_dir, tmp_path / "run")
+    assert main(["index", str(other)]) == 0
+    assert "(flat," in capsys.readouterr().out

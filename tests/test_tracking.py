@@ -186,8 +186,9 @@ def test_train_logs_config_epochs_final_metrics_tags_files_and_model_to_sqlite(c
     artifacts = {a.path for a in client(cli_store.uri).list_artifacts(run.info.run_id)}
     assert {"metrics.json", "config.yaml", "history.csv", "split.json", "manifest.json"} <= artifacts
     assert not any(a.endswith(".pt") for a in artifacts)  # checkpoints stay local; the model is the PyTorch flavour
-    (model,) = logged_models(cli_store.uri, run)
-    assert model.name == "model" and model.status.name == "READY"
+    models = {m.name: m for m in logged_models(cli_store.uri, run)}
+    assert sorted(models) == ["model", "recommender"]  # the PyTorch flavour and the pyfunc recommender
+    assert models["model"].status.name == "READY" and models["recommender"].status.name == "READY"
     assert (cli_store.run_dir.parent / "mlartifacts").is_dir()  # artifacts beside the database, not in the cwd's mlruns
 
 
@@ -312,8 +313,8 @@ def test_server_records_params_epoch_metrics_final_metrics_tags_artifacts_and_mo
     artifacts = {a.path for a in c.list_artifacts(tracker.run_id)}
     assert {"metrics.json", "history.csv", "config.yaml", "split.json", "manifest.json"} <= artifacts
 
-    (model,) = logged_models(server.uri, run)
-    assert model.name == "model" and model.status.name == "READY"
+    (model,) = [m for m in logged_models(server.uri, run) if m.name == "model"]
+    assert model.status.name == "READY"
     import mlflow.pytorch
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)  # models:/ URIs resolve through the global tracking URI

@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # Each module registers its parsers with `register(sub)`; imports of heavy libraries stay inside handlers.
-COMMAND_MODULES = ("data", "encode", "train", "run", "retrieval", "tune", "analysis")
+COMMAND_MODULES = ("data", "encode", "train", "run", "retrieval", "serve", "tune", "analysis")
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     index = sub.add_parser("index", help="build (or rebuild) the FAISS item index of a trained run in RUN_DIR/index/")
     index.add_argument("run_dir")
-    index.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivf"],
-                       help="flat = exact; hnsw / ivf = approximate (default flat)")
+    index.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf", "ivfpq"],
+                       help="flat = exact; hnsw / ivf / ivfpq (IVF fast-scan PQ + exact rerank) = approximate; "
+                            "auto (default) = flat below 200,000 items, ivfpq above")
     index.add_argument("--device", default="cpu")
     index.set_defaults(func=_index)
 
@@ -34,8 +35,10 @@ def _index(args: argparse.Namespace) -> int:
     from sibrar.retrieval.index import IndexConfig
     from sibrar.retrieval.recommender import Recommender
 
-    rec = Recommender.load(args.run_dir, device=args.device, index_config=IndexConfig(kind=args.kind), rebuild=True)
-    print(f"indexed {rec.index.n_items} items ({args.kind}, dim {rec.index.dim}) in {Path(args.run_dir) / 'index'}")
+    config = None if args.kind == "auto" else IndexConfig(kind=args.kind)  # None: chosen by catalogue size
+    rec = Recommender.load(args.run_dir, device=args.device, index_config=config, rebuild=True)
+    kind = rec.index.config.kind
+    print(f"indexed {rec.index.n_items} items ({kind}, dim {rec.index.dim}) in {Path(args.run_dir) / 'index'}")
     return 0
 
 
@@ -44,7 +47,7 @@ def _recommend(args: argparse.Namespace) -> int:
 
     from sibrar.data.atomic import read_atomic
     from sibrar.errors import DataError, RetrievalError
-    from sibrar.retrieval.recommender import Recommender
+    from sibrar.retrieval.recommender import GEMM_MAX_ITEMS, Recommender
 
     if args.all and not args.out:
         raise RetrievalError("--all writes a parquet file: give --out FILE")
@@ -75,7 +78,8 @@ def _recommend(args: argparse.Namespace) -> int:
             return 0
     if args.all:
         path = rec.write_all(args.out, args.k)
-        print(f"written {path} ({len(rec.user_ids)} users × up to {args.k} items)")
+        how = "exact GEMM" if rec.n_items <= GEMM_MAX_ITEMS or rec.index.config.kind == "flat" else f"{rec.index.config.kind} index"
+        print(f"written {path} ({len(rec.user_ids)} users × up to {args.k} items; {how})")
         return 0
     frame = rec.recommend(args.user, args.k)
     for user_id in args.user:

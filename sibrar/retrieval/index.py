@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from sibrar._io import read_faiss_index, read_text
 from sibrar.errors import ConfigError, RetrievalError
 
-IndexKind = Literal["flat", "hnsw", "ivf"]
+IndexKind = Literal["flat", "hnsw", "ivf", "ivfpq"]
 MipsMethod = Literal["reduction", "native"]
 Storage = Literal["float32", "sq8"]
 _FORMAT_VERSION = 1
@@ -33,6 +33,9 @@ class IndexConfig:
     L2 order = inner-product order); ``"native"`` builds and searches faiss's graph / cells with the
     inner product itself (ip-NSW, Morozov & Babenko 2018). ``storage="sq8"`` keeps 8-bit codes in
     the ANN index (less memory traffic) and a float32 copy that reranks 2k candidates exactly.
+    ``ivfpq`` is IVF with fast-scan product quantisation (4-bit codes, ``pq_m`` sub-quantisers, scanned
+    in SIMD registers; André et al. 2017): built for large query batches, it keeps the float32 vectors
+    beside the codes and reranks ``rerank`` × k candidates exactly (``storage`` does not apply).
     """
 
     kind: IndexKind = "flat"
@@ -44,6 +47,8 @@ class IndexConfig:
     ef_search: int = 96  # HNSW search beam (max(ef_search, fetched k) is used): recall vs speed
     nlist: int = 1024  # IVF cells; capped at n_items // 39 so k-means has 39 points per centroid
     nprobe: int = 32  # IVF cells visited per query: recall vs speed
+    pq_m: int = 0  # ivfpq sub-quantisers (4 bits each); 0 = dim // 2, i.e. one byte per 4 dimensions
+    rerank: int = 10  # ivfpq: fetch rerank × k candidates by code distance, rerank them exactly
     threads: int | None = None  # faiss OpenMP threads (process-wide); None keeps faiss's default
 
     def __post_init__(self) -> None:
@@ -51,10 +56,12 @@ class IndexConfig:
                             ("storage", get_args(Storage))):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"retrieval.{name}: unknown value {getattr(self, name)!r}; valid: {', '.join(valid)}")
-        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "threads"):
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "threads", "rerank"):
             value = getattr(self, name)
             if (value is not None or name != "threads") and (type(value) is not int or value < 1):
                 raise ConfigError(f"retrieval.{name}: expected a positive integer, got {value!r}")
+        if type(self.pq_m) is not int or self.pq_m < 0:
+            raise ConfigError(f"retrieval.pq_m: expected an integer >= 0 (0 = dim // 2), got {self.pq_m!r}")
 
     @property
     def uses_reduction(self) -> bool:  # vectors carry the extra MIPS→L2 coordinate
@@ -62,7 +69,31 @@ class IndexConfig:
 
     @property
     def lossy(self) -> bool:  # faiss holds quantised codes; exact vectors are kept beside it
-        return self.kind != "flat" and self.storage == "sq8"
+        return self.kind == "ivfpq" or (self.kind != "flat" and self.storage == "sq8")
+
+    @property
+    def fetch_factor(self) -> int:  # candidates fetched per wanted result before exact reranking
+        return self.rerank if self.kind == "ivfpq" else 2 if self.lossy else 1
+
+
+class AppendOnly:
+    """An array that grows at the end with spare capacity, so appending costs the rows added, not the total."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._buf, self.n = data, len(data)
+
+    @property
+    def view(self) -> np.ndarray:
+        return self._buf[: self.n]
+
+    def append(self, rows: np.ndarray) -> None:
+        need = self.n + len(rows)
+        if need > len(self._buf):
+            grown = np.empty((max(need, 2 * len(self._buf)), *self._buf.shape[1:]), dtype=self._buf.dtype)
+            grown[: self.n] = self._buf[: self.n]
+            self._buf = grown
+        self._buf[self.n:need] = rows
+        self.n = need
 
 
 class Hits(NamedTuple):
@@ -81,10 +112,18 @@ class ItemIndex:
     def __init__(self, index: faiss.Index, item_ids: np.ndarray, config: IndexConfig, dim: int,
                  max_norm: float, fingerprint: str, exact: np.ndarray | None) -> None:
         self._index = index
-        self._item_ids = item_ids  # (I,) int64 id of each position
+        self._ids = AppendOnly(item_ids)  # (I,) int64 id of each position
         self.config, self.dim, self.fingerprint = config, dim, fingerprint
         self._max_norm = max_norm  # the M of the MIPS reduction (0 when unused)
-        self._exact = exact  # (I, d) float32 metric-space vectors when the index is lossy, else None
+        self._exact_rows = None if exact is None else AppendOnly(exact)  # lossy only: (I, d) float32 vectors
+
+    @property
+    def _item_ids(self) -> np.ndarray:
+        return self._ids.view
+
+    @property
+    def _exact(self) -> np.ndarray | None:  # metric-space float32 vectors when the index is lossy, else None
+        return None if self._exact_rows is None else self._exact_rows.view
 
     @classmethod
     def build(cls, item_emb: np.ndarray, item_ids: np.ndarray | None = None,
@@ -107,9 +146,10 @@ class ItemIndex:
         idx = np.asarray(idx, dtype=np.int64)
         return np.where(idx >= 0, self._item_ids[np.maximum(idx, 0)], -1)
 
-    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
+    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None,
+                          rerank: int | None = None) -> None:
         """Change the query-time recall/speed knobs without rebuilding."""
-        changes = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe)) if v is not None}
+        changes = {k: v for k, v in (("ef_search", ef_search), ("nprobe", nprobe), ("rerank", rerank)) if v is not None}
         self.config = dataclasses.replace(self.config, **changes)
         _apply_search_params(self._index, self.config)
 
@@ -130,9 +170,9 @@ class ItemIndex:
             self._index, self._max_norm = _build_faiss(every, self.config)
         else:
             self._index.add(_to_stored(new_item_emb, self.config, self._max_norm))
-        if self._exact is not None:
-            self._exact = np.concatenate([self._exact, _metric_space(new_item_emb, self.config)])
-        self._item_ids = np.concatenate([self._item_ids, ids])
+        if self._exact_rows is not None:
+            self._exact_rows.append(_metric_space(new_item_emb, self.config))
+        self._ids.append(ids)
 
     def search(self, query: np.ndarray, k: int,
                exclude: sp.spmatrix | sp.sparray | list[np.ndarray] | None = None) -> Hits:
@@ -147,7 +187,7 @@ class ItemIndex:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n_items:
             raise RetrievalError(f"k must be an integer in [1, n_items={self.n_items}], got {k!r}")
         k = int(k)
-        fetch = min(self.n_items, 2 * k) if self.config.lossy else k  # quantised: rerank 2k exactly
+        fetch = min(self.n_items, self.config.fetch_factor * k)  # quantised: rerank more candidates exactly
         _apply_search_params(self._index, self.config)
         keys, counts = _exclusion_keys(exclude, query.shape[0], self.n_items)
         q_stored = _to_stored(query, self.config, 0.0, is_query=True)  # (Q, d')
@@ -265,6 +305,20 @@ class ItemIndex:
                    str(manifest["fingerprint"]), exact)
 
 
+ANN_MIN_ITEMS = 200_000  # `sibrar index --kind auto`: exact below, IVF fast-scan at and above
+
+
+def choose_config(n_items: int) -> IndexConfig:
+    """The index for a catalogue size: exact ``flat`` for small ones, ``ivfpq`` (fast-scan PQ + rerank) for large.
+
+    Below ANN_MIN_ITEMS one exact scan is a few milliseconds per query; above it the fast-scan
+    index keeps recall@10 ≥ 0.95 at a fraction of the cost (benchmarks/retrieval_speed.py).
+    """
+    if n_items < ANN_MIN_ITEMS:
+        return IndexConfig(kind="flat")
+    return IndexConfig(kind="ivfpq", nlist=2048, nprobe=128, rerank=20)
+
+
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray, k: int) -> float:
     """Mean over rows of |approx top-k ∩ exact top-k| / |exact top-k| (padding -1 ignored)."""
     approx, exact = np.asarray(approx_idx)[:, :k], np.asarray(exact_idx)[:, :k]
@@ -346,10 +400,15 @@ def _build_faiss(item_emb: np.ndarray, config: IndexConfig) -> tuple[faiss.Index
     else:
         nlist = max(1, min(config.nlist, stored.shape[0] // 39))
         quantizer = faiss.IndexFlatIP(dim) if ip else faiss.IndexFlatL2(dim)
-        index = (faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, sq8, metric) if config.lossy
-                 else faiss.IndexIVFFlat(quantizer, dim, nlist, metric))
-    if not index.is_trained:
-        index.train(stored)
+        if config.kind == "ivfpq":
+            index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, _pq_m(config, dim), 4, metric)
+        else:
+            index = (faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, sq8, metric) if config.lossy
+                     else faiss.IndexIVFFlat(quantizer, dim, nlist, metric))
+    if not index.is_trained:  # k-means on a seeded sample: 64 points per cell are plenty (faiss: 39 minimum)
+        sample = max(64 * getattr(index, "nlist", 1), 50_000)
+        pick = np.random.default_rng(0).choice(len(stored), sample, replace=False) if len(stored) > sample else None
+        index.train(stored if pick is None else stored[np.sort(pick)])
     index.add(stored)
     if config.kind == "ivf" and not config.lossy:
         index.make_direct_map(True)  # reconstruct() for exact rescoring
@@ -363,8 +422,16 @@ def _apply_search_params(index: faiss.Index, config: IndexConfig) -> None:
         faiss.omp_set_num_threads(config.threads)
     if config.kind == "hnsw":
         index.hnsw.efSearch = config.ef_search
-    elif config.kind == "ivf":
-        index.nprobe = config.nprobe
+    elif config.kind in ("ivf", "ivfpq"):
+        faiss.extract_index_ivf(index).nprobe = config.nprobe
+
+
+def _pq_m(config: IndexConfig, dim: int) -> int:
+    """Sub-quantiser count: ``pq_m`` (or dim // 2), lowered to the nearest divisor of dim."""
+    m = min(config.pq_m or max(1, dim // 2), dim)
+    while dim % m:
+        m -= 1
+    return m
 
 
 def _exclusion_keys(exclude: sp.spmatrix | sp.sparray | list[np.ndarray] | None, n_query: int,

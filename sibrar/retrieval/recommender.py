@@ -23,10 +23,12 @@ import torch
 from sibrar._io import atomic_write
 from sibrar.data.modalities import Modality
 from sibrar.errors import DataError, DataWarning, RetrievalError
-from sibrar.retrieval.index import IndexConfig, ItemIndex
+from sibrar.retrieval.index import AppendOnly, IndexConfig, ItemIndex, choose_config
 
 OnUnknown = Literal["error", "ignore"]
 _TRAINED_ONLY = ("interactions", "id")  # modalities a new entity cannot have (built from training data)
+DENSE_MAX_SCORES = 4_000_000  # a flat index answers small queries × catalogue products by one dense GEMM
+GEMM_MAX_ITEMS = 200_000  # recommend_all: exact blocked GEMM up to this size, the index above (if approximate)
 
 
 class Recommender:
@@ -39,12 +41,13 @@ class Recommender:
     def __init__(self, run: Any, user_emb: np.ndarray, item_emb: np.ndarray, index: ItemIndex) -> None:
         self.run = run
         self.user_emb = user_emb  # (U, d) float32
-        self._item_emb = [item_emb]  # (I, d) float32 blocks: the run's items, then each add_items batch
+        self._item_emb = AppendOnly(item_emb)  # (I, d) float32: the run's items, then the added ones
         self.index = index
         prep = run.prepared
         self.user_ids = prep.dataset.users
-        self._item_ids: list[str] = [str(v) for v in prep.dataset.items.ids.tolist()]
-        self._item_pos = {v: i for i, v in enumerate(self._item_ids)}
+        self._item_ids = AppendOnly(np.array([str(v) for v in prep.dataset.items.ids.tolist()], dtype=object))
+        self._item_pos = {v: i for i, v in enumerate(self._item_ids.view.tolist())}
+        self.removed = np.empty(0, dtype=np.int64)  # sorted positions taken out (remove_items): never returned
         split = prep.split
         seen = pl.concat([split.part("train"), split.part("valid")])
         rows, cols = seen["user_idx"].to_numpy(), seen["item_idx"].to_numpy()
@@ -62,12 +65,7 @@ class Recommender:
         from sibrar.train.run import load_run
 
         run = load_run(run_dir, device=device)
-        model = run.model
-        with torch.no_grad():
-            item_emb = model.all_item_embeddings().float().cpu().numpy()
-            users = torch.arange(model.n_users, device=model.device)
-            user_emb = torch.cat([model.user_embeddings(users[s:s + 4096]) for s in range(0, model.n_users, 4096)])
-        user_emb = user_emb.float().cpu().numpy()
+        user_emb, item_emb = all_embeddings(run.model)
         folder = Path(run_dir) / "index"
         fingerprint = run_fingerprint(run_dir)
         index = None
@@ -79,7 +77,8 @@ class Recommender:
             if index_config is not None and index_config.kind != index.config.kind:
                 index = None
         if index is None:
-            index = ItemIndex.build(item_emb, config=index_config, fingerprint=fingerprint)
+            config = index_config or choose_config(item_emb.shape[0])
+            index = ItemIndex.build(item_emb, config=config, fingerprint=fingerprint)
             index.save(folder)
         return cls(run, user_emb, item_emb, index)
 
@@ -87,17 +86,17 @@ class Recommender:
 
     @property
     def n_items(self) -> int:
-        return len(self._item_ids)
+        return self._item_ids.n
 
     def item_embeddings(self, positions: np.ndarray | None = None) -> np.ndarray:
         """(n, d) embeddings of items by position (all items, added ones included, when None)."""
-        emb = np.concatenate(self._item_emb) if len(self._item_emb) > 1 else self._item_emb[0]
+        emb = self._item_emb.view
         return emb if positions is None else emb[np.asarray(positions, dtype=np.int64)]
 
     def item_ids(self, positions: np.ndarray) -> np.ndarray:
         """Item positions → external ids (None for the -1 padding)."""
-        ids = np.asarray(self._item_ids + [None], dtype=object)
-        return ids[np.where(positions >= 0, positions, len(self._item_ids))]
+        ids = self._item_ids.view
+        return np.where(positions >= 0, ids[np.maximum(positions, 0)], None)
 
     def recommend(self, user_ids: Sequence[str] | str, k: int = 10) -> pl.DataFrame:
         """Top-k unseen items per known user: columns user_id, rank (1..k), item_id, score.
@@ -113,15 +112,36 @@ class Recommender:
                                  "for others)") from exc
         return self._search(np.asarray(ids, dtype=object), self.user_emb[users], self.seen[users], k)
 
-    def recommend_all(self, k: int = 10, *, batch: int = 4096) -> pl.DataFrame:
-        """:meth:`recommend` for every user of the run, in batches."""
+    def recommend_all(self, k: int = 10, *, batch: int = 4096, exact: bool | None = None) -> pl.DataFrame:
+        """:meth:`recommend` for every user of the run, in batches.
+
+        ``exact`` (default: catalogue ≤ GEMM_MAX_ITEMS) ranks by one blocked GEMM over all items,
+        which beats any index for batches of users on small catalogues; above it an approximate
+        index (ivfpq, hnsw, ivf) answers, and a flat one falls back to the exact GEMM.
+        """
         self.check_k(k)
+        if exact is None:  # a flat index is exact already and needs no dense score block
+            exact = self.n_items <= GEMM_MAX_ITEMS or self.index.config.kind == "flat"
         parts = []
         for s in range(0, len(self.user_ids), batch):
             users = np.arange(s, min(s + batch, len(self.user_ids)))
-            parts.append(self._search(self.user_ids.id_of(users).astype(object), self.user_emb[users],
-                                      self.seen[users], k))
+            ids = self.user_ids.id_of(users).astype(object)
+            if exact:
+                pos, scores = self._gemm_topk(self.user_emb[users], self.seen[users], k)
+                parts.append(self._frame(ids, pos, scores))
+            else:
+                parts.append(self._search(ids, self.user_emb[users], self.seen[users], k))
         return pl.concat(parts)
+
+    def _gemm_topk(self, query: np.ndarray, seen: sp.csr_array, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact (Q, k) positions and scores by dense scoring (seen and removed items excluded)."""
+        from sibrar.eval.ranking import topk_items
+
+        exclude = self._exclusions(seen)
+        pos, scores = topk_items(torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)),
+                                 torch.from_numpy(self.item_embeddings()), k, exclude=exclude, user_chunk=256)
+        pos, scores = pos.numpy().astype(np.int64), scores.numpy().astype(np.float32)
+        return np.where(np.isfinite(scores), pos, -1), scores
 
     def write_all(self, path: str | Path, k: int = 10) -> Path:
         """Recommendations for every user written atomically to parquet (nothing written on error)."""
@@ -135,16 +155,89 @@ class Recommender:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n_items:
             raise RetrievalError(f"k must be an integer in [1, {self.n_items}] (the catalogue size), got {k!r}")
 
-    def _search(self, user_ids: np.ndarray, query: np.ndarray, seen: sp.csr_array, k: int) -> pl.DataFrame:
+    def search_positions(self, query: np.ndarray, seen: sp.csr_array | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k) item positions (-1 padding) and scores for query vectors; ``seen`` (Q, ≤I) excluded too.
+
+        The low-level call a server uses: no id strings, no frame. Removed items are never returned.
+        """
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if seen is None:
+            seen = sp.csr_array((query.shape[0], self.n_items), dtype=np.float32)
+        if self.index.config.kind == "flat" and query.shape[0] * self.n_items <= DENSE_MAX_SCORES:
+            return self._dense_topk(query, seen, k)
+        hits = self.index.search(query, k, exclude=self._exclusions(seen))
+        return hits.ids, hits.scores
+
+    def _dense_topk(self, query: np.ndarray, seen: sp.csr_array, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by one small GEMM (what a flat index computes, without its exclusion bookkeeping)."""
+        scores = query @ self.item_embeddings().T  # (Q, I)
+        rows = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
+        scores[rows, seen.indices] = -np.inf
+        scores[:, self.removed] = -np.inf
+        k = min(k, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best = np.take_along_axis(scores, top, axis=1)
+        order = np.lexsort((top, -best), axis=1)  # best first; ties by position, so answers are reproducible
+        top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
+        return np.where(np.isfinite(best), top, -1), best
+
+    def _exclusions(self, seen: sp.csr_array) -> sp.csr_array:
+        """``seen`` widened to the whole catalogue, plus the removed items in every row."""
         exclude = sp.csr_array((seen.data, seen.indices, seen.indptr), shape=(seen.shape[0], self.n_items))
-        hits = self.index.search(np.ascontiguousarray(query, dtype=np.float32), k, exclude=exclude)
-        keep = (hits.ids >= 0).ravel()
+        if self.removed.size:
+            rows = np.repeat(np.arange(seen.shape[0]), self.removed.size)
+            gone = sp.csr_array((np.ones(rows.size, dtype=np.float32), (rows, np.tile(self.removed, seen.shape[0]))),
+                                shape=exclude.shape)
+            exclude = (exclude + gone).tocsr()
+        return exclude
+
+    def _search(self, user_ids: np.ndarray, query: np.ndarray, seen: sp.csr_array, k: int) -> pl.DataFrame:
+        return self._frame(user_ids, *self.search_positions(query, seen, k))
+
+    def _frame(self, user_ids: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
+        """(Q, k) positions and scores → rows user_id, rank, item_id, score (padding dropped)."""
+        k = pos.shape[1]
+        keep = (pos >= 0).ravel()
         return pl.DataFrame({
             "user_id": np.repeat(user_ids, k)[keep].astype(str),
             "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_ids))[keep],
-            "item_id": self.item_ids(hits.ids.ravel()[keep]).astype(str),
-            "score": hits.scores.ravel()[keep],
+            "item_id": self.item_ids(pos.ravel()[keep]).astype(str),
+            "score": scores.ravel()[keep],
         })
+
+    def find(self, item_id: str) -> int:
+        """Position of a live item (run or added), -1 for unknown or removed ids."""
+        pos = self._item_pos.get(str(item_id), -1)
+        return -1 if pos < 0 or self.is_removed(pos) else pos
+
+    def item_position(self, item_id: str) -> int:
+        """Position of a live item (run or added); RetrievalError for unknown or removed ids."""
+        pos = self.find(item_id)
+        if pos < 0:
+            raise RetrievalError(f"unknown item id {str(item_id)!r} ({self.n_items - self.removed.size} items known)")
+        return pos
+
+    def is_removed(self, pos: int) -> bool:
+        i = np.searchsorted(self.removed, pos)
+        return bool(i < self.removed.size and self.removed[i] == pos)
+
+    def remove_items(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Take items out of every result from now on (the index keeps their rows); returns their positions.
+
+        An added item's id may be added again afterwards (it gets a new position).
+        """
+        pos = np.array([self.item_position(v) for v in item_ids], dtype=np.int64)
+        self.removed = np.union1d(self.removed, pos)
+        return pos
+
+    def rebuild_index(self, config: IndexConfig | None = None) -> None:
+        """Index every item (added ones included) anew, e.g. after loading many added items at start-up.
+
+        The saved index next to the run is not touched.
+        """
+        ids = np.arange(self.n_items)
+        self.index = ItemIndex.build(self.item_embeddings(), ids, config or self.index.config,
+                                     fingerprint=self.index.fingerprint)
 
     # ------------------------------------------------------------------------------ new entities
 
@@ -173,7 +266,7 @@ class Recommender:
         The saved index on disk is left as built from the run; additions live in this object only.
         """
         ids = [str(v) for v in item_ids]
-        dup = [v for v in ids if v in self._item_pos]
+        dup = [v for v in ids if v in self._item_pos and not self.is_removed(self._item_pos[v])]
         if dup or len(set(ids)) != len(ids):
             bad = dup[0] if dup else next(v for v in ids if ids.count(v) > 1)
             raise RetrievalError(f"new item id {bad!r} is already in the catalogue (or repeated); give unused ids")
@@ -181,12 +274,17 @@ class Recommender:
         if frame.height != len(ids):
             raise RetrievalError(f"{len(ids)} new item ids but {frame.height} feature rows")
         emb = self.embed_items(frame, on_unknown=on_unknown)
+        return self.add_embedded(ids, emb)
+
+    def add_embedded(self, item_ids: Sequence[str], emb: np.ndarray) -> np.ndarray:
+        """Add items already embedded by :meth:`embed_items` (ids checked by the caller); their positions."""
+        ids = [str(v) for v in item_ids]
         start = self.n_items
         self.index.add(emb)
         self._item_emb.append(emb)
         for i, v in enumerate(ids):
             self._item_pos[v] = start + i
-        self._item_ids.extend(ids)
+        self._item_ids.append(np.array(ids, dtype=object))
         return np.arange(start, self.n_items)
 
     def embed_new_user(self, item_ids: Sequence[str] = (), features: pl.DataFrame | Mapping[str, Any] | None = None,
@@ -229,6 +327,20 @@ class Recommender:
         seen = sp.csr_array((np.ones(len(pos), dtype=np.float32), (np.zeros(len(pos), dtype=np.int64), pos)),
                             shape=(1, self.n_items))
         return self._search(np.array(["<new>"], dtype=object), emb[None, :], seen, k)
+
+
+def all_embeddings(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(U, d) user and (I, d) item embeddings of every entity of a trained model (in eval mode), float32 numpy."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            item_emb = model.all_item_embeddings().float().cpu().numpy()
+            users = torch.arange(model.n_users, device=model.device)
+            user_emb = torch.cat([model.user_embeddings(users[s:s + 4096]) for s in range(0, model.n_users, 4096)])
+    finally:
+        model.train(was_training)
+    return user_emb.float().cpu().numpy(), item_emb
 
 
 def run_fingerprint(run_dir: str | Path) -> str:
@@ -360,7 +472,7 @@ def _convert(old: Modality, col: pl.Series, entity: str, on_unknown: OnUnknown) 
             arr = np.asarray(rows, dtype=np.float64).reshape(n, width)
         else:
             try:
-                raw = col.cast(pl.Float64, strict=True)
+                raw = col if col.dtype == pl.Float64 else col.cast(pl.Float64, strict=True)
             except pl.exceptions.PolarsError as exc:
                 raise RetrievalError(f"{where}: expected numbers, got {col.dtype}") from exc
             arr = raw.fill_null(float("nan")).to_numpy().reshape(n, -1)
