@@ -268,7 +268,7 @@ def parse_run_config(data: Mapping[str, Any], where: str = "") -> RunConfig:
     """A RunConfig from a dict; `model.name` picks the model's config class from the registry."""
     from sibrar.models.base import MODELS, load_builtin_models
 
-    data = dict(data)
+    data = apply_preset(data, where)
     model = data.pop("model", None) or {"name": "sibrar"}
     if not isinstance(model, Mapping):
         raise ConfigError(f"{_join(where, 'model')}: expected a mapping with a 'name' (one of the registered models)")
@@ -279,6 +279,45 @@ def parse_run_config(data: Mapping[str, Any], where: str = "") -> RunConfig:
     base = from_dict(RunConfig, data, where)
     _check_monitor(base, where)
     return dataclasses.replace(base, model=model_cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: named partial run configs (model + train sections) in sibrar/configs/presets/NAME.yaml
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs" / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: Any, where: str = "preset") -> dict[str, Any]:
+    """The sections of preset `name`; an unknown name is an error listing the valid ones."""
+    from sibrar.errors import UnknownNameError
+
+    names = list_presets()
+    if not isinstance(name, str) or name not in names:
+        close = difflib.get_close_matches(str(name), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownNameError(f"{where}: unknown preset {name!r}{hint} valid presets: {', '.join(names)}")
+    return load_yaml(PRESET_DIR / f"{name}.yaml")
+
+
+def apply_preset(data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """`data` with its `preset: NAME` key resolved: the preset's sections, then data's keys over them."""
+    data = dict(data)
+    if "preset" not in data:
+        return data
+    name = data.pop("preset")
+    return deep_merge(load_preset(name, _join(where, "preset")), data)
+
+
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict: `extra` over `base`, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
 
 
 def _check_monitor(config: RunConfig, where: str) -> None:

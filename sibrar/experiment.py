@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sibrar.config import RunConfig, apply_overrides, load_yaml, parse_run_config
+from sibrar.config import RunConfig, apply_overrides, deep_merge, load_preset, load_yaml, parse_run_config
 from sibrar.errors import ConfigError
 from sibrar.eval.metrics import METRICS
 from sibrar.eval.stats import best_model_significance
@@ -82,12 +82,14 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
     specs = []
     for i, entry in enumerate(models):
         at = f"{where}: models[{i}]"
-        if not isinstance(entry, Mapping) or "model" not in entry:
-            raise ConfigError(f"{at}: expected a mapping with a 'model' section")
-        extra = set(entry) - {"label", "model", "train", "eval"}
+        if not isinstance(entry, Mapping) or not ("model" in entry or "preset" in entry):
+            raise ConfigError(f"{at}: expected a mapping with a 'model' section (or a 'preset')")
+        extra = set(entry) - {"label", "preset", "model", "train", "eval"}
         if extra:
-            raise ConfigError(f"{at}: unknown key {min(extra)!r}; valid keys: label, model, train, eval")
-        merged = _merge(dict(base), {k: entry[k] for k in ("model", "train", "eval") if k in entry})
+            raise ConfigError(f"{at}: unknown key {min(extra)!r}; valid keys: label, preset, model, train, eval")
+        # base, then the entry's preset (sibrar/configs/presets), then the entry's own sections
+        preset = load_preset(entry["preset"], f"{at}.preset") if "preset" in entry else {}
+        merged = deep_merge(deep_merge(base, preset), {k: entry[k] for k in ("model", "train", "eval") if k in entry})
         config = parse_run_config(merged, f"{at}")
         label = str(entry.get("label") or config.model.name)
         specs.append(ModelSpec(label, config))
@@ -110,13 +112,6 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
     for view in views:  # syntax only here; modality names are checked against each trained model
         parse_view(view, 1, 1)
     return Experiment(str(raw.get("name") or default_name), tuple(specs), views, table, where)
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
-    return out
 
 
 def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = True,

@@ -108,7 +108,13 @@ def test_untrained_model_does_not_already_solve_the_checkerboard():
     inputs = build_inputs(dataset, split)
     config = SiBraRConfig(dim=16, item=TowerConfig(modalities=("interactions", "parity"), common_dim=16,
                                                    branch=BranchConfig(hidden=(16,), input_dropout=0.0)))
-    assert evaluate(SiBraR(config, inputs), inputs, split, "test", EVAL_ALL).summary["ndcg@10"] < 0.9
+    # users of one parity share one interaction vector and cold items one parity embedding, so a random
+    # init gets both parities right by chance (about 1 in 4): judge the mean over several inits
+    scores = []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        scores.append(evaluate(SiBraR(config, inputs), inputs, split, "test", EVAL_ALL).summary["ndcg@10"])
+    assert np.mean(scores) < 0.9, scores
 
 
 # ---------------------------------------------------------------------- missing-modality views
