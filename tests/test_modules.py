@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -138,3 +139,22 @@ def test_bins_interpolate_between_the_knot_embeddings():
     torch.testing.assert_close(out[1], (table[3] + table[4]) / 2)
     torch.testing.assert_close(out[2], table[4])
     torch.testing.assert_close(beyond, table[[0, M.N_QUANTILES]].detach())
+
+
+@pytest.mark.parametrize("encoding", NUMERIC_ENCODINGS)
+def test_numeric_modalities_with_several_columns_encode_each_column(encoding):
+    gen = np.random.default_rng(1)
+    values = gen.normal(size=(40, 2)) * [1.0, 100.0]
+    values[3] = np.nan  # a missing row
+    modality = M.fit_scale(M.numeric("stats", values), np.arange(30))
+    assert modality.quantiles.shape == (2, M.N_QUANTILES + 1) and modality.moments.shape == (2, 2)
+    with torch.no_grad():
+        out = Projection(modality, 16, numeric=encoding)(torch.arange(40))
+    assert out.shape == (40, 16) and torch.isfinite(out).all()
+    swapped = modality.values.clone()
+    swapped[:, 1] = swapped[torch.arange(39, -1, -1), 1]  # change only the second column
+    with torch.no_grad():
+        proj = Projection(modality, 16, numeric=encoding)
+        first = proj(torch.arange(40))
+        proj.modality = dataclasses.replace(modality, values=swapped)
+        assert not torch.allclose(first, proj(torch.arange(40)))  # the second column reaches the output
