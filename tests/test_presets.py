@@ -10,7 +10,7 @@ import yaml
 
 from sibrar.config import list_presets, load_run_config, parse_run_config
 from sibrar.errors import UnknownNameError
-from sibrar.experiment import parse_experiment
+from sibrar.experiment import load_experiment, parse_experiment
 from sibrar.models.base import Batch, create_model
 from sibrar.train.run import prepare
 
@@ -76,3 +76,12 @@ def test_presets_build_and_take_a_training_step(name: str, synthetic_shared_dir:
     parts["loss"].backward()
     opt.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_the_cpu_preset_is_the_sibrar_of_the_2core_experiments():
+    experiment = Path(__file__).resolve().parents[1] / "experiments" / "ml1m-cold-item-2core.yaml"
+    spec = next(s for s in load_experiment(experiment).models if s.label.startswith("SiBraR_best"))
+    cfg = parse_run_config({"preset": "sibrar-cpu", "train": {"epochs": spec.config.train.epochs},
+                            "model": {"item": {"modalities": list(spec.config.model.item.modalities)}}})
+    assert cfg.model == spec.config.model
+    assert (cfg.train.lr, cfg.train.weight_decay) == (spec.config.train.lr, spec.config.train.weight_decay)
