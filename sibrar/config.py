@@ -19,7 +19,7 @@ import yaml
 from sibrar._io import read_text
 from sibrar.errors import ConfigError, UnknownNameError
 from sibrar.eval.metrics import DEFAULT_METRICS, METRICS
-from sibrar.registry import MODELS
+from sibrar.registry import MODELS, unknown_name_message
 
 T = TypeVar("T")
 
@@ -279,7 +279,7 @@ class RunConfig:
 def parse_run_config(data: Mapping[str, Any], where: str = "") -> RunConfig:
     """A RunConfig from a dict; `model.name` picks the model's config class from `sibrar.registry.MODELS`
     (filled when `sibrar.models` is imported, which `import sibrar` does)."""
-    data = dict(data)
+    data = apply_preset(data, where)
     model = data.pop("model", None) or {"name": "sibrar"}
     if not isinstance(model, Mapping):
         raise ConfigError(f"{_join(where, 'model')}: expected a mapping with a 'name' (one of the registered models)")
@@ -290,6 +290,41 @@ def parse_run_config(data: Mapping[str, Any], where: str = "") -> RunConfig:
     check_ranges(config, where)
     _check_monitor(config, where)
     return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: named partial run configs (model + train sections) in sibrar/configs/presets/NAME.yaml
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs" / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: Any, where: str = "preset") -> dict[str, Any]:
+    """The sections of preset `name`; an unknown name is an error listing the valid ones."""
+    names = list_presets()
+    if not isinstance(name, str) or name not in names:
+        raise UnknownNameError(f"{where}: {unknown_name_message('preset', str(name), names)}")
+    return load_yaml(PRESET_DIR / f"{name}.yaml")
+
+
+def apply_preset(data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """`data` with its `preset: NAME` key resolved: the preset's sections, then data's keys over them."""
+    data = dict(data)
+    if "preset" not in data:
+        return data
+    name = data.pop("preset")
+    return deep_merge(load_preset(name, _join(where, "preset")), data)
+
+
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict: `extra` over `base`, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
 
 
 def _check_monitor(config: RunConfig, where: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sibrar.config import RunConfig, apply_overrides, load_yaml, parse_run_config
+from sibrar.config import RunConfig, apply_overrides, deep_merge, load_preset, load_yaml, parse_run_config
 from sibrar.errors import ConfigError
 from sibrar.registry import MODELS
 from sibrar.eval.evaluator import evaluate, parse_view
@@ -73,12 +73,14 @@ def parse_experiment(raw: Mapping[str, Any], where: str = "experiment", default_
     specs = []
     for i, entry in enumerate(models):
         at = f"{where}: models[{i}]"
-        if not isinstance(entry, Mapping) or "model" not in entry:
-            raise ConfigError(f"{at}: expected a mapping with a 'model' section")
-        extra = set(entry) - {"label", "model", "train", "eval", "space", "tune"}
+        if not isinstance(entry, Mapping) or not ("model" in entry or "preset" in entry):
+            raise ConfigError(f"{at}: expected a mapping with a 'model' section (or a 'preset')")
+        extra = set(entry) - {"label", "preset", "model", "train", "eval", "space", "tune"}
         if extra:
-            raise ConfigError(f"{at}: unknown key {min(extra)!r}; valid keys: label, model, train, eval, space, tune")
-        merged = _merge(dict(base), {k: entry[k] for k in ("model", "train", "eval") if k in entry})
+            raise ConfigError(f"{at}: unknown key {min(extra)!r}; valid keys: label, preset, model, train, eval, space, tune")
+        # base, then the entry's preset (sibrar/configs/presets), then the entry's own sections
+        preset = load_preset(entry["preset"], f"{at}.preset") if "preset" in entry else {}
+        merged = deep_merge(deep_merge(base, preset), {k: entry[k] for k in ("model", "train", "eval") if k in entry})
         try:
             config = parse_run_config(merged, f"{at}")
         except ConfigError as exc:
@@ -154,13 +156,6 @@ def _as_typed(message: str, at: str, entry: Mapping[str, Any], base: Mapping[str
             return message
         node = node[key]
     return message.replace(f"{at}.", "base.")
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
-    return out
 
 
 def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = True,

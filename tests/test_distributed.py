@@ -115,6 +115,8 @@ def write_config(folder: Path, dataset: Path) -> Path:
         "data": {"dataset": str(dataset), "k_core": 0},
         "split": {"protocol": "random", "seed": 5},
         "model": {"name": "sibrar", "dim": 16,
+                  # the plain user tower the measured bands below were taken with (one BatchNorm in all)
+                  "user": {"modalities": ["interactions"], "branch": None, "sampling": "single", "contrastive_weight": 0.0},
                   "item": {"modalities": ["interactions", "genres"], "common_dim": 16, "contrastive_weight": 0.01,
                            "branch": {"hidden": [16], "input_dropout": 0.1}}},
         "train": {"epochs": EPOCHS, "batch_size": 64, "lr": 0.01, "n_negatives": 4, "patience": 10},

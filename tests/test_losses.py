@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sibrar.models.losses import bpr_loss, sym_infonce
+from sibrar.models.losses import MIN_TEMPERATURE, bpr_loss, sym_infonce
 
 
 def lse(values: list[float]) -> float:
@@ -176,3 +176,33 @@ def test_infonce_gradients_are_finite_with_masked_entries():
     b = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], requires_grad=True)
     sym_infonce(a, b, temperature=0.05, ids=torch.tensor([1, 2, 1])).backward()
     assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+# ------------------------------------------------------------------------------ temperature range
+
+
+def test_smallest_supported_temperature_is_finite_and_exact_for_low_precision_inputs():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 11, 32, generator=gen) * 3, torch.randn(4, 11, 32, generator=gen) * 3
+    a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    got = sym_infonce(a16, b16, temperature=MIN_TEMPERATURE)
+    expected = sym_infonce(a16.double(), b16.double(), temperature=MIN_TEMPERATURE)  # same inputs, fp64
+    assert got.dtype == torch.float32 and torch.isfinite(got)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast must not push the logits back to bf16
+        assert sym_infonce(a, b, temperature=MIN_TEMPERATURE).item() == pytest.approx(
+            sym_infonce(a.double(), b.double(), temperature=MIN_TEMPERATURE).item(), rel=1e-5)
+
+
+def test_logits_beyond_the_bf16_range_do_not_overflow():
+    a = torch.full((1, 3, 4), 200.0, dtype=torch.bfloat16)  # a·b / τ = 1.6e8: far past fp16, coarse in bf16
+    b = torch.eye(3, 4, dtype=torch.bfloat16).unsqueeze(0) * 200
+    loss = sym_infonce(a, b, temperature=MIN_TEMPERATURE)
+    assert torch.isfinite(loss)
+
+
+def test_temperature_below_the_supported_minimum_is_an_error_not_a_clamp():
+    a = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="below the supported minimum"):
+        sym_infonce(a, a, temperature=MIN_TEMPERATURE / 2)
+    assert MIN_TEMPERATURE == 1e-3  # the paper's search range starts there (spec §4.5)

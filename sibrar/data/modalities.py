@@ -21,6 +21,7 @@ import torch
 ModalityKind = Literal["categorical", "tags", "numeric", "vector", "interactions"]
 MODALITY_KINDS: tuple[ModalityKind, ...] = ("categorical", "tags", "numeric", "vector", "interactions")
 MISSING_TOKEN = "<missing>"
+N_QUANTILES = 16  # numeric modalities: quantile knots 0, 1/16, ..., 1 of the training values
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +34,10 @@ class Modality:
     values: torch.Tensor  # see module docstring; for `interactions` a sparse CSR float matrix
     vocab: tuple[str, ...] = ()  # categorical/tags: code -> token; code 0 is MISSING_TOKEN
     scale: tuple[float, float] | None = None  # numeric: (min, max) used to scale raw values
+    # numeric, set by fit_scale from training entities, in scaled units: (k, N_QUANTILES + 1) quantiles
+    # per column and (2, k) mean / std; models use them to encode the value (sibrar.models.numeric)
+    quantiles: torch.Tensor | None = None
+    moments: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -159,14 +164,21 @@ def fit_scale(modality: Modality, fit_rows: torch.Tensor | np.ndarray | None = N
     """Min-max scale a numeric modality to [0, 1] using only `fit_rows` (e.g. training entities).
 
     Cold-start splits fit on training entities only (spec §6.4), so held-out values never shape
-    the scaler; values outside the fitted range are clipped to [0, 1].
+    the scaler; values outside the fitted range are clipped to [0, 1]. Per column, the quantiles and
+    the mean / std of the scaled training values are kept too (same rows), for the numeric encodings.
     """
     if modality.kind != "numeric":
         return modality
     rows = torch.arange(modality.n) if fit_rows is None else torch.as_tensor(fit_rows, dtype=torch.long)
     mask = modality.available[rows]
-    fit = modality.values[rows][mask]
+    fit = modality.values[rows][mask]  # (n_fit, k)
     lo, hi = (float(fit.min()), float(fit.max())) if fit.numel() else (0.0, 1.0)
     span = hi - lo if hi > lo else 1.0
     scaled = ((modality.values - lo) / span).clamp(0.0, 1.0) * modality.available[:, None]
-    return replace(modality, values=scaled.float(), scale=(lo, hi))
+    fit_scaled = ((fit.double() - lo) / span).clamp(0.0, 1.0)
+    if not len(fit_scaled):
+        fit_scaled = torch.tensor([[0.0, 1.0]], dtype=torch.float64).T.expand(2, modality.dim)
+    probs = torch.linspace(0.0, 1.0, N_QUANTILES + 1, dtype=torch.float64)
+    quantiles = torch.quantile(fit_scaled, probs, dim=0).T.float().contiguous()  # (k, Q+1)
+    moments = torch.stack([fit_scaled.mean(dim=0), fit_scaled.std(dim=0, correction=0)]).float()  # (2, k)
+    return replace(modality, values=scaled.float(), scale=(lo, hi), quantiles=quantiles, moments=moments)

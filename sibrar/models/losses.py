@@ -8,6 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# The lowest τ the paper searched (spec §4.5: log-uniform [1e-3, 0.5]); its ablation collapses below it.
+# Configs reject lower values (no silent clamp); logits are formed in float32 so τ = 1e-3 cannot overflow.
+MIN_TEMPERATURE = 1e-3
+
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     """mean over (b, n) of softplus(-(s_pos[b] - s_neg[b, n])).  pos (B,) or (B,1), neg (B, N)."""
@@ -32,7 +36,18 @@ def sym_infonce(
     ids: (G, K) entity ids; pairs j≠k with the same id are the same entity (a repeated negative or a
     repeated user) and are masked out of the denominators instead of counted as false negatives.
     weights: (G, K) row weights (0 drops a row, e.g. an entity with only one modality available).
+    The logits and their log-softmax are computed in at least float32, with autocast off, whatever the
+    inputs' dtype (bf16/fp16 logits a·b/τ at τ = 1e-3 lose all precision or overflow).
     """
+    if not temperature >= MIN_TEMPERATURE:
+        raise ValueError(f"temperature {temperature:g} is below the supported minimum {MIN_TEMPERATURE:g}")
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    with torch.autocast(a.device.type, enabled=False):
+        return _sym_infonce(a.to(dtype), b.to(dtype), temperature, similarity, ids, weights)
+
+
+def _sym_infonce(a: Tensor, b: Tensor, temperature: float, similarity: str, ids: Tensor | None,
+                 weights: Tensor | None) -> Tensor:
     if a.dim() == 2:
         a, b = a.unsqueeze(0), b.unsqueeze(0)
         ids = ids.unsqueeze(0) if ids is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -10,6 +11,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sibrar.data.modalities import Modality
+from sibrar.models.numeric import NumericEncoder, NumericEncoding
+
+# Chosen on validation nDCG@10 (ML-100K and ML-1M item cold start, experiments/README.md): the best
+# summed validation of the encodings that see the value; "linear" is the official code's
+DEFAULT_NUMERIC_ENCODING: NumericEncoding = "fourier"
 
 Activation = Literal["relu", "selu", "gelu", "tanh", "leaky_relu"]
 _ACTIVATIONS = {"relu": nn.ReLU, "selu": nn.SELU, "gelu": nn.GELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
@@ -17,27 +23,45 @@ _ACTIVATIONS = {"relu": nn.ReLU, "selu": nn.SELU, "gelu": nn.GELU, "tanh": nn.Ta
 
 @dataclass(frozen=True, kw_only=True)
 class BranchConfig:
-    """The shared single branch g: [c] + hidden + [d] linear layers."""
+    """The shared single branch g: [c] + hidden + [d] linear layers (spec §3.3).
+
+    The defaults are the item branch (norm after every 2nd linear, before its activation). The
+    paper's item-SiBraR user tower is `hidden=(), norm_every=-1, norm_position="after",
+    input_dropout=0`: L2 -> Lin(c, d) -> ReLU -> BatchNorm, so user embeddings can be negative.
+    """
 
     hidden: tuple[int, ...] = (256,)
     activation: Activation = "relu"
     norm: Literal["batch", "layer", "none"] = "batch"
-    norm_every: int = 2  # a norm after every k-th linear (before its activation); -1: after the last only
+    # a norm after every k-th linear layer; -1: after the last linear only. A branch with fewer than
+    # k linears gets none (as in the official code: a single-layer branch with k = 2 has no BatchNorm)
+    norm_every: int = 2
+    # where that norm sits: "before" the layer's activation (Lin -> BN -> ReLU, the item branch) or
+    # "after" it (Lin -> ReLU -> BN, the paper's user tower). Without an activation it follows the linear.
+    norm_position: Literal["before", "after"] = "before"
     output_activation: bool = True  # activation after the last linear too (item embeddings >= 0 with ReLU)
     normalize_input: bool = True  # L2-normalise p_m(x) before g, so modalities enter on one scale
     input_dropout: float = 0.02
 
 
 def init_weights(module: nn.Module) -> None:
-    """Kaiming-uniform (ReLU gain) linears with zero bias; small normal embeddings (spec §3.2)."""
+    """The spec's init (§3.2): Kaiming-uniform (ReLU gain) linears with zero bias; embedding tables,
+    tag bags included, N(0, (0.1 / c)²) with c their width (std 0.1/c, not 0.1/√c).
+
+    The spec notes that the official code leaves nn.EmbeddingBag at PyTorch's N(0, 1), but only because
+    its init matches the exact type nn.Embedding: a tag bag is an embedding table, and with N(0, 1)
+    rows, the L2-normalised branch input and Adam, its directions would move about c/0.1 times more
+    slowly than every other table's. The interaction bag stands for a Linear and is re-initialised as
+    one in Projection.
+    """
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
-            nn.init.normal_(m.weight, std=0.1 / m.weight.shape[1] ** 0.5)
-            if getattr(m, "padding_idx", None) is not None:
+            nn.init.normal_(m.weight, std=0.1 / m.weight.shape[1])
+            if m.padding_idx is not None:
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
 
@@ -51,15 +75,15 @@ class SharedBranch(nn.Module):
         widths = [in_dim, *config.hidden, out_dim]
         n_linear = len(widths) - 1
         layers: list[nn.Module] = [nn.Dropout(config.input_dropout)] if config.input_dropout > 0 else []
+        every = config.norm_every
         for i in range(n_linear):
             last = i == n_linear - 1
             layers.append(nn.Linear(widths[i], widths[i + 1]))
-            every = config.norm_every
-            if config.norm != "none" and ((every > 0 and (i + 1) % every == 0) or (every == -1 and last)
-                                          or (every > 0 and last and n_linear < every)):
-                layers.append(nn.BatchNorm1d(widths[i + 1]) if config.norm == "batch" else nn.LayerNorm(widths[i + 1]))
-            if not last or config.output_activation:
-                layers.append(_ACTIVATIONS[config.activation]())
+            norm: list[nn.Module] = []
+            if config.norm != "none" and ((every > 0 and (i + 1) % every == 0) or (every == -1 and last)):
+                norm = [nn.BatchNorm1d(widths[i + 1]) if config.norm == "batch" else nn.LayerNorm(widths[i + 1])]
+            act = [_ACTIVATIONS[config.activation]()] if not last or config.output_activation else []
+            layers += [*norm, *act] if config.norm_position == "before" else [*act, *norm]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:  # (P, c) -> (P, d)
@@ -72,11 +96,17 @@ class Projection(nn.Module):
     """p_m for one modality: maps entity rows of that modality to width c.
 
     categorical -> embedding (no activation); tags -> mean embedding bag (padding excluded);
-    numeric / vector -> MLP with ReLU after every linear; interactions -> ReLU(W x + b) computed as a
-    sum embedding bag over the entity's training interactions (never a dense n x n_other matrix).
+    vector -> MLP with ReLU after every linear; numeric -> the `numeric` encoding (numeric.py), then
+    ReLU and the rest of the MLP as for vectors ("bins" is a lookup, no ReLU without hidden layers);
+    interactions -> ReLU(W x + b) computed as a sum embedding bag over the entity's training
+    interactions (never a dense n x n_other matrix).
+
+    Init (init_weights): embedding tables and tag bags N(0, (0.1 / c)²); the interaction bag is the
+    official code's nn.Linear(n_other, ·), so Kaiming-uniform with fan_in = n_other and zero bias.
     """
 
-    def __init__(self, modality: Modality, out_dim: int, hidden: tuple[int, ...] = ()) -> None:
+    def __init__(self, modality: Modality, out_dim: int, hidden: tuple[int, ...] = (),
+                 numeric: NumericEncoding = DEFAULT_NUMERIC_ENCODING) -> None:
         super().__init__()
         self.kind = modality.kind
         self.modality = modality  # tensors are data, not parameters: kept out of the state dict
@@ -89,14 +119,22 @@ class Projection(nn.Module):
             if self.kind == "interactions":
                 self.embed = nn.EmbeddingBag(modality.dim, first_out, mode="sum")
                 self.bias = nn.Parameter(torch.zeros(first_out))
+            elif self.kind == "numeric":
+                self.embed = NumericEncoder(modality, first_out, numeric)
             else:
                 self.embed = nn.Linear(modality.dim, first_out)
             widths = [first_out, *hidden[1:], out_dim] if hidden else [out_dim]
-            rest: list[nn.Module] = [nn.ReLU()]
+            lookup = self.kind == "numeric" and numeric == "bins"
+            rest: list[nn.Module] = [] if lookup and not hidden else [nn.ReLU()]
             for a, b in zip(widths[:-1], widths[1:]):
                 rest += [nn.Linear(a, b), nn.ReLU()]
             self.rest = nn.Sequential(*rest)
         init_weights(self)
+        if self.kind == "interactions":
+            bound = math.sqrt(6.0 / modality.dim)  # kaiming_uniform_ (ReLU gain) with fan_in = n_other
+            nn.init.uniform_(self.embed.weight, -bound, bound)
+        elif self.kind == "numeric":
+            self.embed.reset_bias()
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         """`.to(device)` moves the modality's data tensors along with the parameters."""

@@ -122,7 +122,7 @@ class MultiBranch(Model):
             cfg = self.item_tower.config if side == "item" else self.user_tower.config
             if not pairs or cfg.contrastive_weight <= 0:
                 continue
-            temperature = max(cfg.temperature, 1e-2)
+            temperature = cfg.temperature
             terms = [sym_infonce(za.reshape(*shape, -1), zb.reshape(*shape, -1), temperature=temperature,
                                  similarity=cfg.similarity, ids=ids, weights=w.reshape(shape).float())
                      for za, zb, w in pairs]

@@ -18,15 +18,16 @@ from sibrar.data.inputs import ModelInputs
 from sibrar.data.modalities import EntityFeatures
 from sibrar.errors import ConfigError
 from sibrar.models.base import FULL_VIEW, Batch, Model, SideView, View, register_model
-from sibrar.models.losses import bpr_loss, sym_infonce
-from sibrar.models.modules import BranchConfig, Projection, SharedBranch
+from sibrar.models.losses import MIN_TEMPERATURE, bpr_loss, sym_infonce
+from sibrar.models.modules import DEFAULT_NUMERIC_ENCODING, BranchConfig, Projection, SharedBranch
+from sibrar.models.numeric import NumericEncoding
 from sibrar.models.sampling import sample_modalities
 
 
 @dataclass(frozen=True, kw_only=True)
 class TowerConfig:
     """One tower. With `branch: null` and one modality it is a plain tower (ID embedding, or
-    ReLU(W x + b) over the interaction vector, as in the paper's item-SiBraR user side)."""
+    ReLU(W x + b) over the interaction vector)."""
 
     modalities: tuple[str, ...] = ("interactions",)
     eval_modalities: tuple[str, ...] | None = None  # default: `modalities`
@@ -35,16 +36,38 @@ class TowerConfig:
     sampling: Literal["single", "pairwise", "central"] = "pairwise"
     central: str = "interactions"
     contrastive_weight: float = 1e-4  # λ; 0 disables the InfoNCE term
-    temperature: float = 0.1  # τ (clamped at >= 1e-2 for stability, spec §12.12)
+    # τ; the paper searched [1e-3, 0.5]. Below MIN_TEMPERATURE is a config error, never a silent clamp
+    temperature: float = 0.1
     similarity: Literal["dot", "cosine"] = "dot"
     projection_hidden: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per-modality hidden widths
+    # how numeric modalities (year, age, float columns) enter p_m; see sibrar.models.numeric
+    numeric_encoding: NumericEncoding = DEFAULT_NUMERIC_ENCODING
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= MIN_TEMPERATURE:
+            raise ConfigError(f"temperature (τ) is {self.temperature:g}; expected >= {MIN_TEMPERATURE:g} (the lowest "
+                              f"τ the paper searched; below it the contrastive loss collapses, spec §4.5)")
+
+
+def paper_user_tower() -> TowerConfig:
+    """The paper's item-SiBraR user tower (spec §3.3, §13): interactions -> Lin(n_items, 128) -> ReLU,
+    then L2 -> Lin(128, 128) -> ReLU -> BatchNorm (norm after the activation), no dropout, one
+    modality, no contrastive term. Its embeddings take both signs, unlike Lin -> BN -> ReLU."""
+    return TowerConfig(common_dim=128, sampling="single", contrastive_weight=0.0, branch=BranchConfig(
+        hidden=(), norm_every=-1, norm_position="after", input_dropout=0.0))
 
 
 @dataclass(frozen=True, kw_only=True)
 class SiBraRConfig:
+    """SiBraR. The defaults are a deliberate *small* preset (spec §3.3 "small" sizes, §4.4 small-config
+    optimisation: train.lr 1e-3, train.weight_decay 1e-6): d = c = 128 and one hidden layer of 256 on
+    the item side, with the paper's user tower; fast on a CPU. The paper's ML-1M architecture and
+    optimisation are the `sibrar-paper-ml1m` preset, the CPU experiments' settings `sibrar-cpu`
+    (`preset: NAME` in a run config or an experiment's model entry; see sibrar/configs/presets/)."""
+
     name: Literal["sibrar"] = "sibrar"
     dim: int = 128  # d: embedding width of both towers
-    user: TowerConfig = field(default_factory=lambda: TowerConfig(branch=None, sampling="single", contrastive_weight=0.0))
+    user: TowerConfig = field(default_factory=paper_user_tower)
     item: TowerConfig = field(default_factory=lambda: TowerConfig(modalities=("interactions", "genres")))
 
 
@@ -66,7 +89,8 @@ class Tower(nn.Module):
         self.train_idx = torch.tensor([self.names.index(m) for m in config.modalities])
         self.eval_names = list(config.eval_modalities or config.modalities)
         self.projections = nn.ModuleDict({
-            m: Projection(features[m], config.common_dim, tuple(config.projection_hidden.get(m, ()))) for m in self.names})
+            m: Projection(features[m], config.common_dim, tuple(config.projection_hidden.get(m, ())), config.numeric_encoding)
+            for m in self.names})
         self.branch = SharedBranch(config.common_dim, dim, config.branch) if config.branch else nn.Identity()
         self.available = torch.stack([features[m].available for m in self.names], dim=1)  # (n, M) bool
         if config.sampling == "central" and config.central not in config.modalities:
@@ -164,12 +188,12 @@ class SiBraR(Model):
         if item_z is not None and item_cfg.contrastive_weight > 0:
             z = item_z.reshape(b, k, 2, -1)
             parts["infonce_item"] = sym_infonce(
-                z[:, :, 0], z[:, :, 1], temperature=max(item_cfg.temperature, 1e-2), similarity=item_cfg.similarity,
+                z[:, :, 0], z[:, :, 1], temperature=item_cfg.temperature, similarity=item_cfg.similarity,
                 ids=batch.items, weights=item_distinct.reshape(b, k).float())
             total = total + item_cfg.contrastive_weight * parts["infonce_item"]
         if user_z is not None and user_cfg.contrastive_weight > 0:
             parts["infonce_user"] = sym_infonce(
-                user_z[:, 0], user_z[:, 1], temperature=max(user_cfg.temperature, 1e-2), similarity=user_cfg.similarity,
+                user_z[:, 0], user_z[:, 1], temperature=user_cfg.temperature, similarity=user_cfg.similarity,
                 ids=batch.users, weights=user_distinct.float())
             total = total + user_cfg.contrastive_weight * parts["infonce_user"]
         return {"loss": total, **parts}

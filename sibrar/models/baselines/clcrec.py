@@ -20,7 +20,7 @@ from sibrar.errors import ConfigError
 from sibrar.models.base import FULL_VIEW, Batch, Model, SideView, View, register_model
 from sibrar.models.baselines.dropoutnet import view_usage
 from sibrar.models.baselines.mf import IdEmbedding
-from sibrar.models.losses import bpr_loss, sym_infonce
+from sibrar.models.losses import MIN_TEMPERATURE, bpr_loss, sym_infonce
 from sibrar.models.modules import Projection
 
 _CONTENT_KINDS = ("categorical", "tags", "numeric", "vector")
@@ -33,7 +33,11 @@ class CLCRecSideConfig:
     modalities: tuple[str, ...] = ()  # content modalities; f = mean of their projections to d
     hidden: tuple[int, ...] = ()  # hidden widths of f for numeric/vector modalities (reference: [], 16-128)
     contrastive_weight: float = 1e-4  # λ (reference: [1e-6, 1e-3], default 1e-4)
-    temperature: float = 0.1  # τ, clamped at >= 1e-2 like SiBraR's (spec §12.12)
+    temperature: float = 0.1  # τ; >= MIN_TEMPERATURE (1e-3) like SiBraR's, else a config error
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= MIN_TEMPERATURE:
+            raise ConfigError(f"temperature (τ) is {self.temperature:g}; expected >= {MIN_TEMPERATURE:g}")
     similarity: Literal["dot", "cosine"] = "dot"
 
 
@@ -135,12 +139,12 @@ class CLCRec(Model):
         item_cfg, user_cfg = self.config.item, self.config.user
         if item_cfg.modalities and item_cfg.contrastive_weight > 0:
             parts["infonce_item"] = sym_infonce(  # per batch row, over its 1+N candidates
-                item_id.reshape(b, k, -1), item_f.reshape(b, k, -1), temperature=max(item_cfg.temperature, 1e-2),
+                item_id.reshape(b, k, -1), item_f.reshape(b, k, -1), temperature=item_cfg.temperature,
                 similarity=item_cfg.similarity, ids=batch.items, weights=item_has.reshape(b, k).float())
             total = total + item_cfg.contrastive_weight * parts["infonce_item"]
         if user_cfg.modalities and user_cfg.contrastive_weight > 0:
             parts["infonce_user"] = sym_infonce(  # one B × B group across the batch
-                user_id, user_f, temperature=max(user_cfg.temperature, 1e-2), similarity=user_cfg.similarity,
+                user_id, user_f, temperature=user_cfg.temperature, similarity=user_cfg.similarity,
                 ids=batch.users, weights=user_has.float())
             total = total + user_cfg.contrastive_weight * parts["infonce_user"]
         return {"loss": total, **parts}
