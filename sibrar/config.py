@@ -387,6 +387,7 @@ AT_LEAST_ONE = Range(1)
 PROBABILITY = Range(0, 1, high_open=True)
 # Field name -> accepted values, for every config section (model configs included, whichever model
 # defines them). A float field not listed must still be finite; an int field not listed is unchecked.
+# temperature: the lowest τ the paper searched is 1e-3; the contrastive loss refuses lower values too.
 RANGES: dict[str, Range] = {
     # data / split
     "k_core": NON_NEGATIVE, "min_count": NON_NEGATIVE, "rating_threshold": FINITE, "min_tag_count": AT_LEAST_ONE,
@@ -400,7 +401,7 @@ RANGES: dict[str, Range] = {
     # models
     "dim": AT_LEAST_ONE, "common_dim": AT_LEAST_ONE, "preference_dim": AT_LEAST_ONE, "content_dim": AT_LEAST_ONE,
     "content_dims": AT_LEAST_ONE, "hidden": AT_LEAST_ONE, "projection_hidden": AT_LEAST_ONE,
-    "temperature": POSITIVE, "contrastive_weight": NON_NEGATIVE, "input_dropout": PROBABILITY,
+    "temperature": Range(1e-3), "contrastive_weight": NON_NEGATIVE, "input_dropout": PROBABILITY,
     "preference_dropout": Range(0, 1), "dropout": PROBABILITY, "norm_every": Range(1, allow=(-1,)),
     "min_similarity": Range(-1, 1),
 }

@@ -323,5 +323,5 @@ def test_smallest_temperature_trains_without_nan(synthetic_shared_dir):
 
 @pytest.mark.parametrize("side", ["item", "user"])
 def test_temperature_below_the_supported_minimum_is_a_config_error(side):
-    with pytest.raises(ConfigError, match=r"temperature \(τ\) is 0.0005; expected >= 0.001"):
+    with pytest.raises(ConfigError, match=r"model\.(item|user)\.temperature is 0\.0005; expected a finite number >= 0\.001"):
         parse_run_config({"model": {"name": "sibrar", side: {"temperature": 5e-4}}})

@@ -18,7 +18,7 @@ from sibrar.data.inputs import ModelInputs
 from sibrar.data.modalities import EntityFeatures
 from sibrar.errors import ConfigError
 from sibrar.models.base import FULL_VIEW, Batch, Model, SideView, View, register_model
-from sibrar.models.losses import MIN_TEMPERATURE, bpr_loss, sym_infonce
+from sibrar.models.losses import bpr_loss, sym_infonce
 from sibrar.models.modules import DEFAULT_NUMERIC_ENCODING, BranchConfig, Projection, SharedBranch
 from sibrar.models.numeric import NumericEncoding
 from sibrar.models.sampling import sample_modalities
@@ -36,17 +36,12 @@ class TowerConfig:
     sampling: Literal["single", "pairwise", "central"] = "pairwise"
     central: str = "interactions"
     contrastive_weight: float = 1e-4  # λ; 0 disables the InfoNCE term
-    # τ; the paper searched [1e-3, 0.5]. Below MIN_TEMPERATURE is a config error, never a silent clamp
+    # τ; the paper searched [1e-3, 0.5]. Below 1e-3 is a config error (sibrar.config.RANGES), never a clamp
     temperature: float = 0.1
     similarity: Literal["dot", "cosine"] = "dot"
     projection_hidden: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per-modality hidden widths
     # how numeric modalities (year, age, float columns) enter p_m; see sibrar.models.numeric
     numeric_encoding: NumericEncoding = DEFAULT_NUMERIC_ENCODING
-
-    def __post_init__(self) -> None:
-        if not self.temperature >= MIN_TEMPERATURE:
-            raise ConfigError(f"temperature (τ) is {self.temperature:g}; expected >= {MIN_TEMPERATURE:g} (the lowest "
-                              f"τ the paper searched; below it the contrastive loss collapses, spec §4.5)")
 
 
 def paper_user_tower() -> TowerConfig:

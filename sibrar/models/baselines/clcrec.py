@@ -20,7 +20,7 @@ from sibrar.errors import ConfigError
 from sibrar.models.base import FULL_VIEW, Batch, Model, SideView, View, register_model
 from sibrar.models.baselines.dropoutnet import view_usage
 from sibrar.models.baselines.mf import IdEmbedding
-from sibrar.models.losses import MIN_TEMPERATURE, bpr_loss, sym_infonce
+from sibrar.models.losses import bpr_loss, sym_infonce
 from sibrar.models.modules import Projection
 
 _CONTENT_KINDS = ("categorical", "tags", "numeric", "vector")
@@ -33,11 +33,7 @@ class CLCRecSideConfig:
     modalities: tuple[str, ...] = ()  # content modalities; f = mean of their projections to d
     hidden: tuple[int, ...] = ()  # hidden widths of f for numeric/vector modalities (reference: [], 16-128)
     contrastive_weight: float = 1e-4  # λ (reference: [1e-6, 1e-3], default 1e-4)
-    temperature: float = 0.1  # τ; >= MIN_TEMPERATURE (1e-3) like SiBraR's, else a config error
-
-    def __post_init__(self) -> None:
-        if not self.temperature >= MIN_TEMPERATURE:
-            raise ConfigError(f"temperature (τ) is {self.temperature:g}; expected >= {MIN_TEMPERATURE:g}")
+    temperature: float = 0.1  # τ; >= 1e-3 like SiBraR's (sibrar.config.RANGES), else a config error
     similarity: Literal["dot", "cosine"] = "dot"
 
 
