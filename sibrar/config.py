@@ -235,9 +235,17 @@ class TrainConfig:
     # CPU: PyTorch's deterministic kernels, so a run repeats exactly (for a given number of threads);
     # without them multi-threaded scatter/index-add backward passes sum in a run-dependent order
     deterministic: bool = True
+    # The training step. Defaults are the fast path; the reference code's step (every slot encoded,
+    # N negatives per positive, BPR, fp32) is negatives=per_row, dedup=false, objective=bpr, precision=fp32.
+    # Models without shared-negative support (MF, DeepMF, DropoutNet, CLCRec) always train per row.
+    negatives: Literal["per_row", "shared"] = "shared"  # shared: one set per batch, scored against every user
+    n_shared_negatives: int = 1024  # distinct items per batch (user's own training items masked per user)
+    objective: Literal["bpr", "softmax"] = "softmax"  # softmax: cross-entropy of the positive against the negatives
+    dedup: bool = True  # one tower pass per distinct user / item of a batch (one modality draw each)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass; weights and loss stay fp32
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "n_negatives", "patience"):
+        for name in ("epochs", "batch_size", "n_negatives", "n_shared_negatives", "patience"):
             if getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ConfigError(f"train.{name} is {getattr(self, name)}; expected a positive integer")
         if self.lr <= 0:

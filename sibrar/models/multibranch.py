@@ -20,11 +20,10 @@ from torch import Tensor, nn
 from sibrar.data.inputs import ModelInputs
 from sibrar.data.modalities import EntityFeatures
 from sibrar.models.base import FULL_VIEW, Batch, Model, View, register_model
-from sibrar.models.losses import bpr_loss, sym_infonce
+from sibrar.models.objective import Pair, two_tower_loss
 from sibrar.models.modules import SharedBranch
-from sibrar.models.sibrar import Tower, TowerConfig
+from sibrar.models.sibrar import Tower, TowerConfig, contrastive_of
 
-Pair = tuple[Tensor, Tensor, Tensor]  # (view a (N, d), view b (N, d), weight (N,) bool)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +102,7 @@ class MultiBranch(Model):
 
     supports_cold_items = True
     supports_cold_users = True
+    supports_shared_negatives = True
 
     def __init__(self, config: MultiBranchConfig, inputs: ModelInputs) -> None:
         super().__init__(config, inputs)
@@ -111,24 +111,9 @@ class MultiBranch(Model):
         self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        b, k = batch.items.shape
-        user_emb, user_pairs = self.user_tower.sample_views(batch.users, self.generator)  # (B, d)
-        item_emb, item_pairs = self.item_tower.sample_views(batch.items.reshape(-1), self.generator)
-        item_emb = item_emb.reshape(b, k, -1)  # (B, 1+N, d)
-        scores = torch.einsum("bd,bkd->bk", user_emb, item_emb)
-        parts = {"bpr": bpr_loss(scores[:, 0], scores[:, 1:])}
-        total = parts["bpr"]
-        for side, pairs, ids, shape in (("item", item_pairs, batch.items, (b, k)), ("user", user_pairs, batch.users, (b,))):
-            cfg = self.item_tower.config if side == "item" else self.user_tower.config
-            if not pairs or cfg.contrastive_weight <= 0:
-                continue
-            temperature = max(cfg.temperature, 1e-2)
-            terms = [sym_infonce(za.reshape(*shape, -1), zb.reshape(*shape, -1), temperature=temperature,
-                                 similarity=cfg.similarity, ids=ids, weights=w.reshape(shape).float())
-                     for za, zb, w in pairs]
-            parts[f"infonce_{side}"] = torch.stack(terms).mean()
-            total = total + cfg.contrastive_weight * parts[f"infonce_{side}"]
-        return {"loss": total, **parts}
+        return two_tower_loss(batch, lambda e: self.user_tower.sample_views(e, self.generator),
+                              lambda e: self.item_tower.sample_views(e, self.generator),
+                              contrastive_of(self.user_tower.config), contrastive_of(self.item_tower.config))
 
     def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:
         return self.user_tower.embed(users, view.user)
