@@ -7,8 +7,9 @@ Run by hand (never part of the test suite):
 
 Each variant trains the experiment's model from the same seed with `train.*` overrides (`old` is the
 reference step: every slot encoded, 10 negatives per positive, BPR; `new` is TrainConfig's defaults).
-Wall time counts training and the per-epoch validation (the untrained model's "epoch -1" is t=0).
-Time-to-quality: the first wall second at which validation nDCG@10 reaches a fraction of the best
+Time counts training and the per-epoch validation (the untrained model's "epoch -1" is t=0), in
+process CPU seconds unless `--clock wall`: the machine these were measured on is shared.
+Time-to-quality: the first second at which validation nDCG@10 reaches a fraction of the best
 value the `old` variant reaches in any epoch. The variants run one after another: on a shared
 machine the load may differ between them (the load average is printed next to each).
 """
@@ -37,13 +38,18 @@ NEW: tuple[str, ...] = ()  # TrainConfig's defaults
 
 
 class Curve(Callback):
-    """(wall seconds since the trainer started, validation value) after every epoch."""
+    """(seconds since the trainer started, validation value) after every epoch.
 
-    def __init__(self, monitor: str) -> None:
-        self.monitor, self.points, self.t0 = f"valid/{monitor}", [], time.perf_counter()
+    Seconds are this process's CPU seconds (all its threads) by default: on a machine shared with
+    other jobs, wall time measures the neighbours as much as the code; `--clock wall` for wall time.
+    """
+
+    def __init__(self, monitor: str, clock: str) -> None:
+        self.clock = time.process_time if clock == "cpu" else time.perf_counter
+        self.monitor, self.points, self.t0 = f"valid/{monitor}", [], self.clock()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        self.points.append((epoch, time.perf_counter() - self.t0, logs[self.monitor]))
+        self.points.append((epoch, self.clock() - self.t0, logs[self.monitor]))
 
 
 def parse_value(text: str) -> Any:
@@ -55,7 +61,7 @@ def parse_value(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def train_variant(spec: Any, overrides: tuple[str, ...], cache: dict[Any, Any]) -> list[tuple[int, float, float]]:
+def train_variant(spec: Any, overrides: tuple[str, ...], cache: dict[Any, Any], clock: str) -> list[tuple[int, float, float]]:
     train = dataclasses.replace(spec.config.train, **{k: parse_value(v) for k, v in (o.split("=", 1) for o in overrides)})
     config = dataclasses.replace(spec.config, train=train)
     prep = prepare(config, cache)
@@ -63,7 +69,7 @@ def train_variant(spec: Any, overrides: tuple[str, ...], cache: dict[Any, Any]) 
 
     torch.manual_seed(config.train.seed)
     model = create_model(config.model, prep.inputs)
-    curve = Curve(config.train.monitor)
+    curve = Curve(config.train.monitor, clock)
     Trainer(model, prep.inputs, prep.split, config.train, config.eval, callbacks=[curve], progress=False).fit()
     return curve.points
 
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:k=v,k=v",
                         help="extra variants (train.* overrides), next to old and new")
     parser.add_argument("--only", default=None, help="comma-separated variant names to run (default all)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU seconds (default) or wall")
     parser.add_argument("--png")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[str, Any] = {}
     for name, overrides in variants.items():
         load = os.getloadavg()[0]
-        points = train_variant(spec, overrides, cache)
+        points = train_variant(spec, overrides, cache, args.clock)
         curves[name] = {"overrides": list(overrides), "points": points, "load_before": load}
         best = max(v for _, _, v in points)
         print(f"{name:>10}: best valid nDCG@10 {best:.4f} after {points[-1][1]:.0f} s ({len(points) - 1} epochs); "
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:>10}: to 95 % of old best ({0.95 * old_best:.4f}) {t95 if t95 is None else round(t95, 1)} s, "
                   f"to 99 % {t99 if t99 is None else round(t99, 1)} s (old reaches its best {old_best:.4f} at {old_time:.0f} s)")
     if args.json:
-        payload = {"command": " ".join(sys.argv), "commit": commit(), "machine": machine(), "curves": curves,
+        payload = {"command": " ".join(sys.argv), "clock": args.clock, "commit": commit(), "machine": machine(), "curves": curves,
                    "summary": summary}
         Path(args.json).write_text(json.dumps(payload, indent=1))
     if args.png:
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, c in curves.items():
             ax.plot([t for _, t, _ in c["points"]], [v for _, _, v in c["points"]], marker="o", label=name)
-        ax.set_xlabel("wall seconds (training + per-epoch validation)")
+        ax.set_xlabel(f"{'CPU' if args.clock == 'cpu' else 'wall'} seconds (training + per-epoch validation)")
         ax.set_ylabel("validation nDCG@10")
         ax.set_title(f"{experiment.name}: {args.model}")
         ax.legend()
