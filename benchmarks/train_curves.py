@@ -87,10 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra variants (train.* overrides), next to old and new")
     parser.add_argument("--only", default=None, help="comma-separated variant names to run (default all)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU seconds (default) or wall")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--png")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     experiment = load_experiment(args.experiment, args.overrides)
     spec = next((m for m in experiment.models if m.label == args.model), None)
     if spec is None:
