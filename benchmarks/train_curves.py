@@ -33,7 +33,7 @@ from sibrar.train.run import prepare
 from sibrar.train.trainer import Callback, Trainer
 from sibrar.models.base import create_model
 
-OLD = ("negatives=per_row", "dedup=false", "objective=bpr", "precision=fp32")
+OLD = ("negatives=per_row", "dedup=none", "objective=bpr", "precision=fp32")
 NEW: tuple[str, ...] = ()  # TrainConfig's defaults
 
 

@@ -2,9 +2,10 @@
 
 Run by hand (never part of the test suite):
 
-    python benchmarks/train_speed.py                     # CPU, 20 timed batches per architecture
-    python benchmarks/train_speed.py --quick             # 3 timed batches, 512 users on the 1M catalogue
-    python benchmarks/train_speed.py --device cuda --batches 50
+    python benchmarks/train_speed.py --threads 1 --json speed.json   # CPU, 20 timed batches per path
+    python benchmarks/train_speed.py --quick --skip-catalogue         # 3 timed batches
+    python benchmarks/train_speed.py --ttq small --ttq-epochs 3       # plus time-to-quality (full epochs: slow)
+    python benchmarks/train_speed.py --device cuda --batches 50 --clock wall
 
 Stages
   1. ML-1M (ratings >= 3, 5-core, cold_item split, seed 42) is loaded and split (not timed here; see
@@ -13,12 +14,20 @@ Stages
      c=512, g = [512,512,512,256,256] -> d=128, BatchNorm every 2nd linear, output ReLU, input L2 +
      dropout 0.02, pairwise sampling over {interactions, genres} + InfoNCE; user tower = interactions
      Lin->ReLU to 128, then L2, Lin(128,128), BN, ReLU), and `small` (c=d=64, g=[64]; user tower plain
-     interactions -> 64; single-modality sampling). Batch 256 positives x (1 + 10) items, AdamW.
-     Seconds per epoch are EXTRAPOLATED: one epoch's negative sampling is timed once, then
-     `--batches` optimiser steps (after 2 warm-up steps) are timed and scaled to the epoch's batch count.
-  3. Evaluation throughput (users/s) of the evaluator's full ranking on ML-1M test users, for both
-     candidate protocols ('split' = the cold items of the test part, as in the paper; 'all' items),
-     all default metrics at k = 10, 20.
+     interactions -> 64; single-modality sampling). Two paths, stepped ALTERNATELY batch by batch in
+     one process so both see the same load: `old` = today's step (batch 256, 10 negatives per
+     positive, every slot encoded, BPR, fp32) and `new` = TrainConfig's defaults (one pass per distinct
+     entity, shared negatives, sampled softmax; --new-batch / --precision override). AdamW for both.
+     Per path: positives per second (median step; the old path's per-epoch negative sampling is timed
+     once and spread over its batches), rows through the shared branches per positive, matmul FLOPs
+     per positive (forward + backward, torch's FLOP counter) and the fraction of this machine's
+     measured GEMM rate they reach. Steps are timed in process CPU seconds unless `--clock wall`:
+     on a machine shared with other jobs wall time measures the neighbours.
+  3. Per-epoch validation (`evaluate(valid)`, as the trainer calls it) against the score GEMM of all
+     users x all items, alternating; then test-set users/s for both candidate protocols ('split' = the
+     cold items of the test part, as in the paper; 'all' items), all default metrics at k = 10, 20.
+  3b. With `--ttq ARCH`: both paths trained for `--ttq-epochs` full epochs with validation after
+     each; seconds until validation nDCG@10 first reaches 95 % / 99 % of the old path's best epoch.
   4. `topk_items` on a generated 1M-item catalogue (random N(0,1) embeddings, d=128, SYNTHETIC) with a
      CSR exclusion of 165 random items per user (ML-1M's mean training profile), k = 20.
 Peak memory per stage: VmHWM (resident set incl. torch, the data and earlier models), reset before each stage (/proc/self/clear_refs) when the kernel allows it,
@@ -67,6 +76,7 @@ from sibrar.train.sampler import sample_negatives
 from sibrar.train.trainer import Trainer
 
 WARMUP = 2
+CLOCK = time.perf_counter  # training steps; `--clock cpu` (the default) switches to process CPU seconds
 
 ARCHITECTURES: dict[str, SiBraRConfig] = {
     "paper": SiBraRConfig(
@@ -141,7 +151,7 @@ class Row:
 
 
 # today's step (the reference code's): batch 256, 10 negatives per positive, every slot encoded, BPR, fp32
-OLD_TRAIN = TrainConfig(batch_size=256, n_negatives=10, lr=5e-5, weight_decay=1e-3, negatives="per_row", dedup=False,
+OLD_TRAIN = TrainConfig(batch_size=256, n_negatives=10, lr=5e-5, weight_decay=1e-3, negatives="per_row", dedup="none",
                         objective="bpr", precision="fp32")
 
 
@@ -159,10 +169,10 @@ def gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float
     times = []
     for _ in range(5):
         synchronize(device)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         a @ b
         synchronize(device)
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return 2 * n**3 / statistics.median(times)
 
 
@@ -179,14 +189,14 @@ class Path_:
         self.model.train()
         t = self.trainer
         synchronize(device)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         order = torch.randperm(len(t.users), generator=gen, device=device)
         self.users, self.pos = t.users[order], t.pos_items[order]
         self.negatives = None if t.shares_negatives else sample_negatives(
             self.users, cfg.n_negatives, candidates=t.candidates, positive_keys=t.keys, n_items=inputs.n_items, generator=gen)
         synchronize(device)
         self.batches_per_epoch = math.ceil(len(t.users) / cfg.batch_size)
-        self.epoch_setup_s = time.perf_counter() - t0  # per-epoch negatives (old path), spread over its batches
+        self.epoch_setup_s = CLOCK() - t0  # per-epoch negatives (old path), spread over its batches
 
     def batch(self) -> Batch:
         sl = slice(self.b * self.cfg.batch_size, (self.b + 1) * self.cfg.batch_size)
@@ -202,13 +212,13 @@ class Path_:
         optimizer = self.trainer.optimizer
         assert optimizer is not None
         synchronize(self.device)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         loss = self.forward(self.batch())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         synchronize(self.device)
-        return time.perf_counter() - t0 + self.epoch_setup_s / self.batches_per_epoch
+        return CLOCK() - t0 + self.epoch_setup_s / self.batches_per_epoch
 
     def work(self) -> tuple[float, float]:
         """(branch rows per positive, FLOPs per positive) of one step: rows through the towers' shared
@@ -272,22 +282,30 @@ def time_evaluation(model: SiBraR, inputs: ModelInputs, split: Split, device: to
     evaluate(model, inputs, split, "valid")  # warm: the split's targets are built once and reused
     user_emb = model.user_embeddings(torch.arange(inputs.n_users, device=device)).float()
     item_emb = model.all_item_embeddings().float()
-    evals, gemms = [], []
+    evals, embeds, gemms = [], [], []
     for _ in range(5):
         synchronize(device)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         evaluate(model, inputs, split, "valid")
         synchronize(device)
-        evals.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        t1 = CLOCK()
+        with torch.no_grad():  # the model's own share of it: embedding every item and the evaluated users
+            model.all_item_embeddings()
+            model.user_embeddings(torch.arange(inputs.n_users, device=device))
+        synchronize(device)
+        t2 = CLOCK()
         user_emb @ item_emb.T
         synchronize(device)
-        gemms.append(time.perf_counter() - t0)
-    ev, gemm = statistics.median(evals), statistics.median(gemms)
-    result["eval"] = {"valid_s": ev, "score_gemm_s": gemm, "ratio": ev / gemm}
+        evals.append(t1 - t0)
+        embeds.append(t2 - t1)
+        gemms.append(CLOCK() - t2)
+    ev, emb, gemm = statistics.median(evals), statistics.median(embeds), statistics.median(gemms)
+    result["eval"] = {"valid_s": ev, "embeddings_s": emb, "score_gemm_s": gemm, "ratio": ev / gemm,
+                      "ratio_without_embeddings": (ev - emb) / gemm}
     rows = [Row("eval", "valid evaluation / score GEMM", f"{ev / gemm:.1f}x",
-                f"evaluate(valid) {ev:.3f} s (embeddings + top-20 + metrics) vs {inputs.n_users:,} x {inputs.n_items:,} x "
-                f"{item_emb.shape[1]} GEMM {gemm:.3f} s; medians of 5, alternating", 0.0, "-")]
+                f"evaluate(valid) {ev:.3f} s vs {inputs.n_users:,} x {inputs.n_items:,} x {item_emb.shape[1]} GEMM "
+                f"{gemm:.3f} s; {(ev - emb) / gemm:.1f}x without the model's embedding pass ({emb:.3f} s); medians of 5, "
+                "alternating", 0.0, "-")]
     for candidates in ("split", "all"):
         cfg = EvalConfig(candidates=candidates)  # type: ignore[arg-type]
         resettable = reset_peak()
@@ -397,10 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttq", default="", help="architectures to train for time-to-quality, e.g. small (slow: full epochs)")
     parser.add_argument("--ttq-epochs", type=int, default=3)
     parser.add_argument("--ttq-lr", type=float, default=2e-3, help="lr of both paths in the time-to-quality runs")
-    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="time-to-quality clock (shared machines: cpu)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="clock of training steps and time-to-quality: process CPU seconds (default; the machine is shared) or wall; "
+                             "wall on cuda")
     parser.add_argument("--skip-catalogue", action="store_true")
     parser.add_argument("--json", help="write the measured figures to this JSON file")
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" and args.device == "cpu" else time.perf_counter
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible")
     if args.threads:

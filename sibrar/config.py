@@ -236,12 +236,14 @@ class TrainConfig:
     # without them multi-threaded scatter/index-add backward passes sum in a run-dependent order
     deterministic: bool = True
     # The training step. Defaults are the fast path; the reference code's step (every slot encoded,
-    # N negatives per positive, BPR, fp32) is negatives=per_row, dedup=false, objective=bpr, precision=fp32.
-    # Models without shared-negative support (MF, DeepMF, DropoutNet, CLCRec) always train per row.
+    # N negatives per positive, BPR, fp32) is negatives=per_row, dedup=none, objective=bpr, precision=fp32.
+    # MF and DeepMF always train per row with BPR (their losses read only the per-row batch).
     negatives: Literal["per_row", "shared"] = "shared"  # shared: one set per batch, scored against every user
     n_shared_negatives: int = 1024  # distinct items per batch (user's own training items masked per user)
     objective: Literal["bpr", "softmax"] = "softmax"  # softmax: cross-entropy of the positive against the negatives
-    dedup: bool = True  # one tower pass per distinct user / item of a batch (one modality draw each)
+    # entities: one tower pass per distinct user / item of a batch (one modality draw each); rows: draws
+    # per slot (the reference's sampling) but one branch pass per distinct (entity, modality); none: per slot
+    dedup: Literal["entities", "rows", "none"] = "rows"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass; weights and loss stay fp32
 
     def __post_init__(self) -> None:

@@ -125,7 +125,7 @@ class StopAfter(Callback):
 
 
 @pytest.mark.parametrize("overrides", [("train.precision=bf16",),
-                                       ("train.negatives=per_row", "train.dedup=false", "train.objective=bpr")])
+                                       ("train.negatives=per_row", "train.dedup=none", "train.objective=bpr")])
 def test_resume_after_a_crash_equals_the_uninterrupted_run(planted, tmp_path, overrides) -> None:
     base, prep = planted
     cfg = config(base, *overrides)

@@ -98,7 +98,7 @@ def test_dedup_pass_equals_the_per_slot_pass_with_the_same_draws(prep: Prepared)
 
 def test_per_slot_mode_encodes_every_slot(prep: Prepared) -> None:
     batch = per_row_batch(prep)
-    slots = batch_slots(Batch(batch.users, batch.items, dedup=False))
+    slots = batch_slots(Batch(batch.users, batch.items, dedup="none"))
     assert torch.equal(slots.items, batch.items.reshape(-1)) and torch.equal(slots.users, batch.users)
     dedup = batch_slots(batch)
     assert torch.equal(dedup.items[dedup.pos], batch.items[:, 0]) and torch.equal(dedup.items[dedup.neg], batch.items[:, 1:])
@@ -134,3 +134,19 @@ def test_softmax_equals_cross_entropy_of_the_positive() -> None:
     scores = emb_u @ emb_i.T
     expected = torch.stack([-torch.log_softmax(scores[b, [b, 4, 5]], 0)[0] for b in range(4)]).mean()
     torch.testing.assert_close(ranking_loss(emb_u, emb_i, slots, batch), expected)
+
+
+def test_row_dedup_equals_the_per_slot_pass(prep: Prepared) -> None:
+    """dedup="rows" draws per slot like the reference and encodes each distinct (entity, modality)
+    row once: with the same draws (same seed) its loss and gradients equal the per-slot pass
+    (BatchNorm on running statistics, dropout 0, as above)."""
+    model, batch = model_of(prep), per_row_batch(prep)
+    out = {}
+    for mode in ("rows", "none"):
+        model.generator = torch.Generator().manual_seed(9)
+        parts = model.loss(Batch(batch.users, batch.items, dedup=mode))
+        out[mode] = (parts, grads(model, parts["loss"]))
+    for name in ("loss", "bpr", "infonce_item", "infonce_user"):
+        torch.testing.assert_close(out["rows"][0][name], out["none"][0][name], rtol=1e-5, atol=1e-6, msg=name)
+    for name, grad in out["none"][1].items():
+        torch.testing.assert_close(out["rows"][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -19,8 +19,10 @@ class Batch:
     """One training batch: each user with its positive item in column 0 and its own N negatives
     after it, or (with `shared`) only the positive and one set of negatives for the whole batch.
 
-    `dedup`: run each tower once per distinct entity of the batch (one modality draw per distinct
-    entity) and gather; False encodes every slot separately (the reference code's per-occurrence pass).
+    `dedup`: "entities" runs each tower once per distinct entity of the batch (one modality draw per
+    distinct entity) and gathers; "rows" draws modalities per slot, as the reference code does, but
+    runs the shared branch once per distinct (entity, modality) row; "none" encodes every slot
+    separately (the reference code's pass).
     """
 
     users: Tensor  # (B,) long
@@ -28,7 +30,7 @@ class Batch:
     shared: Tensor | None = None  # (S,) long, distinct: negatives scored against every user of the batch
     shared_mask: Tensor | None = None  # (B, S) bool: True where shared[s] is a training item of users[b]
     objective: Literal["bpr", "softmax"] = "bpr"  # pairwise BPR, or sampled softmax (CE of the positive)
-    dedup: bool = True
+    dedup: Literal["entities", "rows", "none"] = "entities"
 
 
 @dataclass(frozen=True)

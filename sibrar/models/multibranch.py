@@ -78,10 +78,11 @@ class BranchTower(Tower):
             raise ValueError("no modality rows to encode")
         return out
 
-    def sample_views(self, entities: Tensor, generator: torch.Generator | None) -> tuple[Tensor, list[Pair]]:
+    def sample_views(self, entities: Tensor, generator: torch.Generator | None,
+                     unique_rows: bool = False) -> tuple[Tensor, list[Pair]]:
         """Training forward: (embedding (N, d), the modality pairs for the contrastive term)."""
         if self.config.sampling != "none":
-            emb, z, distinct = self.sample(entities, generator)
+            emb, z, distinct = self.sample(entities, generator, unique_rows)
             return emb, ([] if z is None else [(z[:, 0], z[:, 1], distinct)])
         available = self.available[entities][:, self.train_idx]  # (N, M)
         ent, col = available.nonzero(as_tuple=True)
@@ -111,8 +112,9 @@ class MultiBranch(Model):
         self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        return two_tower_loss(batch, lambda e: self.user_tower.sample_views(e, self.generator),
-                              lambda e: self.item_tower.sample_views(e, self.generator),
+        rows = batch.dedup == "rows"
+        return two_tower_loss(batch, lambda e: self.user_tower.sample_views(e, self.generator, rows),
+                              lambda e: self.item_tower.sample_views(e, self.generator, rows),
                               contrastive_of(self.user_tower.config), contrastive_of(self.item_tower.config))
 
     def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:

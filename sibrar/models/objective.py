@@ -47,10 +47,10 @@ class Slots:
 
 
 def batch_slots(batch: Batch) -> Slots:
-    """Distinct users and items of `batch` (all slots, in order, when `batch.dedup` is False)."""
+    """Distinct users and items of `batch` (all slots, in order, unless `batch.dedup` is "entities")."""
     b = len(batch.users)
     flat = batch.items.reshape(-1) if batch.shared is None else torch.cat([batch.items[:, 0], batch.shared])
-    if batch.dedup:
+    if batch.dedup == "entities":
         users, user_of = batch.users.unique(return_inverse=True)
         items, item_of = flat.unique(return_inverse=True)
     else:
@@ -101,7 +101,7 @@ def contrastive_loss(pairs: list[Pair], cfg: Contrastive, ids: Tensor, batch: Ba
     terms = []
     for za, zb, w in pairs:
         za, zb, w = za.float(), zb.float(), w.float()
-        if batch.dedup:
+        if batch.dedup == "entities":
             terms.append(sym_infonce(za, zb, temperature=temperature, similarity=cfg.similarity, weights=w))
         else:
             shape = grid if batch.shared is None else (len(ids),)

@@ -108,17 +108,30 @@ class Tower(nn.Module):
         has_any = available.any(dim=1)
         return self.train_idx[chosen], distinct & has_any, has_any
 
-    def encode_draws(self, entities: Tensor, chosen: Tensor, has_any: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(emb (N, d), per-modality (N, 2, d) or None) for drawn modalities `chosen` (N, k)."""
+    def encode_draws(self, entities: Tensor, chosen: Tensor, has_any: Tensor,
+                     unique_rows: bool = False) -> tuple[Tensor, Tensor | None]:
+        """(emb (N, d), per-modality (N, 2, d) or None) for drawn modalities `chosen` (N, k).
+
+        unique_rows: run g once per distinct (entity, modality) row and gather (equal to the per-row
+        pass up to dropout masks and BatchNorm batch statistics, which then see each row once).
+        """
         k = chosen.shape[1]
-        z = self.encode(entities.repeat_interleave(k), chosen.reshape(-1)).reshape(len(entities), k, -1)
+        rows_entity, rows_modality = entities.repeat_interleave(k), chosen.reshape(-1)
+        if unique_rows:
+            n_mod = len(self.names)
+            keys, inverse = (rows_entity * n_mod + rows_modality).unique(return_inverse=True)
+            z = self.encode(torch.div(keys, n_mod, rounding_mode="floor"), keys % n_mod)[inverse]
+        else:
+            z = self.encode(rows_entity, rows_modality)
+        z = z.reshape(len(entities), k, -1)
         emb = z.mean(dim=1) * has_any.unsqueeze(1)
         return emb, (z if k == 2 else None)
 
-    def sample(self, entities: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    def sample(self, entities: Tensor, generator: torch.Generator | None,
+               unique_rows: bool = False) -> tuple[Tensor, Tensor | None, Tensor]:
         """Training forward, one draw per row: (emb (N, d), per-modality (N, 2, d) or None, distinct (N,) bool)."""
         chosen, distinct, has_any = self.draw(entities, generator)
-        emb, z = self.encode_draws(entities, chosen, has_any)
+        emb, z = self.encode_draws(entities, chosen, has_any, unique_rows)
         return emb, z, distinct
 
     def embed(self, entities: Tensor, view: SideView) -> Tensor:
@@ -164,12 +177,13 @@ class SiBraR(Model):
         self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        return two_tower_loss(batch, self._views(self.user_tower), self._views(self.item_tower),
+        rows = batch.dedup == "rows"
+        return two_tower_loss(batch, self._views(self.user_tower, rows), self._views(self.item_tower, rows),
                               contrastive_of(self.user_tower.config), contrastive_of(self.item_tower.config))
 
-    def _views(self, tower: Tower) -> Callable[[Tensor], tuple[Tensor, list[Pair]]]:
+    def _views(self, tower: Tower, unique_rows: bool) -> Callable[[Tensor], tuple[Tensor, list[Pair]]]:
         def encode(entities: Tensor) -> tuple[Tensor, list[Pair]]:
-            emb, z, distinct = tower.sample(entities, self.generator)
+            emb, z, distinct = tower.sample(entities, self.generator, unique_rows)
             return emb, ([] if z is None else [(z[:, 0], z[:, 1], distinct)])
         return encode
 
