@@ -50,6 +50,7 @@ class Curve(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.points.append((epoch, self.clock() - self.t0, logs[self.monitor]))
+        print(f"    epoch {epoch}: {self.points[-1][1]:.1f} s, {logs[self.monitor]:.4f}", flush=True)
 
 
 def parse_value(text: str) -> Any:

@@ -16,8 +16,8 @@ Stages
      Lin->ReLU to 128, then L2, Lin(128,128), BN, ReLU), and `small` (c=d=64, g=[64]; user tower plain
      interactions -> 64; single-modality sampling). Two paths, stepped ALTERNATELY batch by batch in
      one process so both see the same load: `old` = today's step (batch 256, 10 negatives per
-     positive, every slot encoded, BPR, fp32) and `new` = TrainConfig's defaults (one pass per distinct
-     entity, shared negatives, sampled softmax; --new-batch / --precision override). AdamW for both.
+     positive, every slot encoded, BPR, fp32) and `new` = the fast step (batch 2048, one pass per
+     distinct entity, 1024 shared negatives, sampled softmax; --new-batch / --precision override). AdamW.
      Per path: positives per second (median step; the old path's per-epoch negative sampling is timed
      once and spread over its batches), rows through the shared branches per positive, matmul FLOPs
      per positive (forward + backward, torch's FLOP counter) and the fraction of this machine's
@@ -156,10 +156,10 @@ OLD_TRAIN = TrainConfig(batch_size=256, n_negatives=10, lr=5e-5, weight_decay=1e
 
 
 def new_train(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig's defaults (the fast step), with the benchmark's optimiser settings."""
-    default = TrainConfig()
-    return dataclasses.replace(default, lr=5e-5, weight_decay=1e-3, batch_size=args.new_batch or default.batch_size,
-                               precision=args.precision or default.precision)
+    """The fast step: one pass per distinct entity, 1024 shared negatives, sampled softmax, batch 2048
+    (--new-batch, --precision override), with the benchmark's optimiser settings."""
+    return TrainConfig(lr=5e-5, weight_decay=1e-3, batch_size=args.new_batch, negatives="shared", n_shared_negatives=1024,
+                       objective="softmax", dedup="entities", precision=args.precision)
 
 
 def gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
@@ -410,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--architectures", default="paper,small")
     parser.add_argument("--dataset", default="ml-1m", help="fetch name or folder (default ml-1m under $SIBRAR_DATA)")
-    parser.add_argument("--new-batch", type=int, default=None, help="batch size of the new path (default TrainConfig's)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="new path's precision (default TrainConfig's)")
+    parser.add_argument("--new-batch", type=int, default=2048, help="batch size of the new path (default 2048)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="new path's precision (default fp32)")
     parser.add_argument("--ttq", default="", help="architectures to train for time-to-quality, e.g. small (slow: full epochs)")
     parser.add_argument("--ttq-epochs", type=int, default=3)
     parser.add_argument("--ttq-lr", type=float, default=2e-3, help="lr of both paths in the time-to-quality runs")

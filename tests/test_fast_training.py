@@ -27,7 +27,8 @@ def base_config(dataset: Path) -> dict[str, Any]:
         "model": {"name": "sibrar", "dim": 16,
                   "item": {"modalities": ["interactions", "genres"], "common_dim": 16, "contrastive_weight": 0.01,
                            "branch": {"hidden": [16, 16], "input_dropout": 0.1}}},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 0.01, "n_shared_negatives": 24, "patience": 10},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.01, "negatives": "shared", "n_shared_negatives": 24,
+                  "objective": "softmax", "dedup": "entities", "patience": 10},
         "eval": {"ks": [10], "metrics": ["ndcg"]},
     }
 

@@ -150,3 +150,15 @@ def test_row_dedup_equals_the_per_slot_pass(prep: Prepared) -> None:
         torch.testing.assert_close(out["rows"][0][name], out["none"][0][name], rtol=1e-5, atol=1e-6, msg=name)
     for name, grad in out["none"][1].items():
         torch.testing.assert_close(out["rows"][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_mixes_modality_kinds_and_stays_close_to_fp32(prep: Prepared) -> None:
+    """Categorical, numeric and interaction projections come out of autocast in different dtypes."""
+    model, batch = model_of(prep), per_row_batch(prep)
+    out = {}
+    for enabled in (False, True):
+        model.generator = torch.Generator().manual_seed(2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            out[enabled] = model.loss(batch)["loss"]
+    assert out[True].dtype == torch.float32
+    torch.testing.assert_close(out[True], out[False], rtol=3e-2, atol=1e-3)

@@ -73,7 +73,7 @@ class BranchTower(Tower):
             z = self.branch[name](self.projections[name](uniq)[inverse])  # (P_m, d)
             if out is None:
                 out = z.new_zeros(len(entities), z.shape[1])
-            out[rows] = z
+            out[rows] = z.to(out.dtype)  # under autocast, branches over different projections differ in dtype
         if out is None:
             raise ValueError("no modality rows to encode")
         return out

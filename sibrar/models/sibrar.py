@@ -96,7 +96,7 @@ class Tower(nn.Module):
             out = self.projections[name](uniq)[inverse]
             if projected is None:
                 projected = out.new_zeros(len(entities), out.shape[1])
-            projected[rows] = out
+            projected[rows] = out.to(projected.dtype)  # under autocast, modalities differ in dtype
         if projected is None:
             raise ValueError("no modality rows to encode")
         return self.branch(projected)
