@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:k=v,k=v",
                         help="extra variants (train.* overrides), next to old and new")
     parser.add_argument("--only", default=None, help="comma-separated variant names to run (default all)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="train nothing: combine the curves of earlier --json files (variants run in parallel)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU seconds (default) or wall")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--png")
@@ -110,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# train_curves: {args.experiment} / {args.model}; commit {commit()}; {machine()}", flush=True)
     cache: dict[Any, Any] = {}
     curves: dict[str, Any] = {}
+    if args.merge:
+        for path in args.merge:
+            curves.update(json.loads(Path(path).read_text())["curves"])
+        variants = {}
     for name, overrides in variants.items():
         load = os.getloadavg()[0]
         points = train_variant(spec, overrides, cache, args.clock)
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>10}: best valid nDCG@10 {best:.4f} after {points[-1][1]:.0f} s ({len(points) - 1} epochs); "
               f"load {load:.2f}; " + " ".join(f"{t:.0f}s:{v:.4f}" for _, t, v in points), flush=True)
     summary: dict[str, Any] = {}
+    for name, c in curves.items():
+        c["points"] = [tuple(p) for p in c["points"]]
     if "old" in curves:
         old_best = max(v for _, _, v in curves["old"]["points"])
         old_time = next(t for _, t, v in curves["old"]["points"] if v == old_best)

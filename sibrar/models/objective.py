@@ -70,10 +70,11 @@ def ranking_loss(user_emb: Tensor, item_emb: Tensor, slots: Slots, batch: Batch,
     that user's pairs (BPR) or denominator (softmax).
     """
     user_emb, item_emb = user_emb.float(), item_emb.float()
-    pos = (user_emb * item_emb[slots.pos]).sum(-1)  # (B,)
-    if batch.shared is None:
-        neg = torch.einsum("bd,bnd->bn", user_emb, item_emb[slots.neg])  # (B, N)
+    if batch.shared is None:  # one einsum over (B, 1+N), as the per-slot reference computes it (bit for bit)
+        scores = torch.einsum("bd,bkd->bk", user_emb, item_emb[torch.cat([slots.pos[:, None], slots.neg], dim=1)])
+        pos, neg = scores[:, 0], scores[:, 1:]  # (B,), (B, N)
     else:
+        pos = (user_emb * item_emb[slots.pos]).sum(-1)  # (B,)
         neg = user_emb @ item_emb[slots.neg].T  # (B, S)
     if item_bias is not None:
         item_bias = item_bias.float()
