@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     cache: dict[Any, Any] = {}
     curves: dict[str, Any] = {}
     if args.merge:
-        for path in args.merge:
-            curves.update(json.loads(Path(path).read_text())["curves"])
+        for path in args.merge:  # labelled by file name when several files hold the same variant (seeds)
+            for name, curve in json.loads(Path(path).read_text())["curves"].items():
+                curves[name if len(args.merge) == 1 else f"{name} ({Path(path).stem})"] = curve
         variants = {}
     for name, overrides in variants.items():
         load = os.getloadavg()[0]
@@ -145,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))
+        colours: dict[str, str] = {}
         for name, c in curves.items():
-            ax.plot([t for _, t, _ in c["points"]], [v for _, _, v in c["points"]], marker="o", label=name)
+            colour = colours.setdefault(name.split(" ")[0], f"C{len(colours)}")
+            ax.plot([t for _, t, _ in c["points"]], [v for _, _, v in c["points"]], marker="o", label=name, color=colour,
+                    alpha=0.85)
         ax.set_xlabel(f"{'CPU' if args.clock == 'cpu' else 'wall'} seconds (training + per-epoch validation)")
         ax.set_ylabel("validation nDCG@10")
         ax.set_title(f"{experiment.name}: {args.model}")

@@ -235,17 +235,18 @@ class TrainConfig:
     # CPU: PyTorch's deterministic kernels, so a run repeats exactly (for a given number of threads);
     # without them multi-threaded scatter/index-add backward passes sum in a run-dependent order
     deterministic: bool = True
-    # The training step. Defaults: the reference code's step (every slot encoded, N negatives per
-    # positive, BPR), which won on validation quality in the measurements of benchmarks/train_curves.py.
-    # The fast step (about 9x the positives/s for the paper architecture on ML-1M, and more with bf16):
-    # negatives=shared, objective=softmax, dedup=entities, batch_size=2048 (re-tune lr for it).
-    # MF and DeepMF always train per row with BPR (their losses read only the per-row batch).
-    negatives: Literal["per_row", "shared"] = "per_row"  # shared: one set per batch, scored against every user
+    # The training step. Defaults: the fast step (one tower pass per distinct entity, shared negatives,
+    # sampled softmax), which matched or beat the reference code's step on validation nDCG@10 per CPU
+    # second (benchmarks/train_curves.py, README "The training step"); larger batches make it faster
+    # still (batch_size=2048: ~9x the positives/s of the reference for the paper architecture; re-tune lr).
+    # The reference step (every slot encoded, N negatives per positive, BPR): negatives=per_row,
+    # objective=bpr, dedup=none. MF and DeepMF always train that way (their losses read the per-row batch).
+    negatives: Literal["per_row", "shared"] = "shared"  # shared: one set per batch, scored against every user
     n_shared_negatives: int = 1024  # distinct items per batch (user's own training items masked per user)
-    objective: Literal["bpr", "softmax"] = "bpr"  # softmax: cross-entropy of the positive against the negatives
+    objective: Literal["bpr", "softmax"] = "softmax"  # softmax: cross-entropy of the positive against the negatives
     # entities: one tower pass per distinct user / item of a batch (one modality draw each); rows: draws
     # per slot (the reference's sampling) but one branch pass per distinct (entity, modality); none: per slot
-    dedup: Literal["entities", "rows", "none"] = "none"
+    dedup: Literal["entities", "rows", "none"] = "entities"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass; weights and loss stay fp32
 
     def __post_init__(self) -> None:
