@@ -165,7 +165,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             for k, v in parts.items():
-                sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+                sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()  # float64, as before
             if b % 20 == 0 and bar.disable is False:
                 bar.set_postfix({k: f"{float(v) / (b + 1):.4f}" for k, v in sums.items()})
         if not all(math.isfinite(float(v)) for v in sums.values()):
