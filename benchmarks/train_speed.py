@@ -2,9 +2,10 @@
 
 Run by hand (never part of the test suite):
 
-    python benchmarks/train_speed.py                     # CPU, 20 timed batches per architecture
-    python benchmarks/train_speed.py --quick             # 3 timed batches, 512 users on the 1M catalogue
-    python benchmarks/train_speed.py --device cuda --batches 50
+    python benchmarks/train_speed.py --threads 1 --json speed.json   # CPU, 20 timed batches per path
+    python benchmarks/train_speed.py --quick --skip-catalogue         # 3 timed batches
+    python benchmarks/train_speed.py --ttq small --ttq-epochs 3       # plus time-to-quality (full epochs: slow)
+    python benchmarks/train_speed.py --device cuda --batches 50 --clock wall
 
 Stages
   1. ML-1M (ratings >= 3, 5-core, cold_item split, seed 42) is loaded and split (not timed here; see
@@ -13,12 +14,20 @@ Stages
      c=512, g = [512,512,512,256,256] -> d=128, BatchNorm every 2nd linear, output ReLU, input L2 +
      dropout 0.02, pairwise sampling over {interactions, genres} + InfoNCE; user tower = interactions
      Lin->ReLU to 128, then L2, Lin(128,128), BN, ReLU), and `small` (c=d=64, g=[64]; user tower plain
-     interactions -> 64; single-modality sampling). Batch 256 positives x (1 + 10) items, AdamW.
-     Seconds per epoch are EXTRAPOLATED: one epoch's negative sampling is timed once, then
-     `--batches` optimiser steps (after 2 warm-up steps) are timed and scaled to the epoch's batch count.
-  3. Evaluation throughput (users/s) of the evaluator's full ranking on ML-1M test users, for both
-     candidate protocols ('split' = the cold items of the test part, as in the paper; 'all' items),
-     all default metrics at k = 10, 20.
+     interactions -> 64; single-modality sampling). Two paths, stepped ALTERNATELY batch by batch in
+     one process so both see the same load: `old` = today's step (batch 256, 10 negatives per
+     positive, every slot encoded, BPR, fp32) and `new` = the fast step (batch 2048, one pass per
+     distinct entity, 1024 shared negatives, sampled softmax; --new-batch / --precision override). AdamW.
+     Per path: positives per second (median step; the old path's per-epoch negative sampling is timed
+     once and spread over its batches), rows through the shared branches per positive, matmul FLOPs
+     per positive (forward + backward, torch's FLOP counter) and the fraction of this machine's
+     measured GEMM rate they reach. Steps are timed in process CPU seconds unless `--clock wall`:
+     on a machine shared with other jobs wall time measures the neighbours.
+  3. Per-epoch validation (`evaluate(valid)`, as the trainer calls it) against the score GEMM of all
+     users x all items, alternating; then test-set users/s for both candidate protocols ('split' = the
+     cold items of the test part, as in the paper; 'all' items), all default metrics at k = 10, 20.
+  3b. With `--ttq ARCH`: both paths trained for `--ttq-epochs` full epochs with validation after
+     each; seconds until validation nDCG@10 first reaches 95 % / 99 % of the old path's best epoch.
   4. `topk_items` on a generated 1M-item catalogue (random N(0,1) embeddings, d=128, SYNTHETIC) with a
      CSR exclusion of 165 random items per user (ML-1M's mean training profile), k = 20.
 Peak memory per stage: VmHWM (resident set incl. torch, the data and earlier models), reset before each stage (/proc/self/clear_refs) when the kernel allows it,
@@ -28,8 +37,10 @@ else the process's ru_maxrss; on CUDA also torch.cuda.max_memory_allocated.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import gc
+import json
 import math
 import os
 import platform
@@ -46,8 +57,12 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from provenance import commit, machine  # benchmarks/provenance.py
+from provenance import commit, machine
+from train_curves import Curve, time_to  # benchmarks/train_curves.py
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode  # benchmarks/provenance.py
 
+from sibrar._io import atomic_write
 from sibrar.config import DataConfig, EvalConfig, SplitConfig, TrainConfig
 from sibrar.data.dataset import load_dataset
 from sibrar.data.inputs import ModelInputs, build_inputs
@@ -61,6 +76,7 @@ from sibrar.train.sampler import sample_negatives
 from sibrar.train.trainer import Trainer
 
 WARMUP = 2
+CLOCK = time.perf_counter  # training steps; `--clock cpu` (the default) switches to process CPU seconds
 
 ARCHITECTURES: dict[str, SiBraRConfig] = {
     "paper": SiBraRConfig(
@@ -134,71 +150,199 @@ class Row:
     peak_gpu_mb: str
 
 
-def time_training(name: str, inputs: ModelInputs, split: Split, device: torch.device, n_batches: int) -> tuple[list[Row], SiBraR]:
-    torch.manual_seed(0)
-    model = SiBraR(ARCHITECTURES[name], inputs)
-    n_params = sum(p.numel() for p in model.parameters())
-    cfg = TrainConfig(batch_size=256, n_negatives=10, lr=5e-5, weight_decay=1e-3, device=str(device))
-    trainer = Trainer(model, inputs, split, cfg, progress=False)
-    assert trainer.optimizer is not None
-    resettable = reset_peak()
-    gen = torch.Generator(device=device).manual_seed(0)
-    model.generator = gen  # type: ignore[assignment]
-    model.train()
-    n_train = len(trainer.users)
-    batches_per_epoch = math.ceil(n_train / cfg.batch_size)
+# today's step (the reference code's): batch 256, 10 negatives per positive, every slot encoded, BPR, fp32
+OLD_TRAIN = TrainConfig(batch_size=256, n_negatives=10, lr=5e-5, weight_decay=1e-3, negatives="per_row", dedup="none",
+                        objective="bpr", precision="fp32")
 
-    synchronize(device)
-    t0 = time.perf_counter()
-    order = torch.randperm(n_train, generator=gen, device=device)
-    users, pos = trainer.users[order], trainer.pos_items[order]
-    negatives = sample_negatives(users, cfg.n_negatives, candidates=trainer.candidates, positive_keys=trainer.keys,
-                                 n_items=inputs.n_items, generator=gen)
-    synchronize(device)
-    t_negatives = time.perf_counter() - t0
 
+def new_train(args: argparse.Namespace) -> TrainConfig:
+    """The fast step: one pass per distinct entity, 1024 shared negatives, sampled softmax, batch 2048
+    (--new-batch, --precision override), with the benchmark's optimiser settings."""
+    return TrainConfig(lr=5e-5, weight_decay=1e-3, batch_size=args.new_batch, negatives="shared", n_shared_negatives=1024,
+                       objective="softmax", dedup="entities", precision=args.precision)
+
+
+def gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
+    """This machine's measured dense matmul rate (FLOP/s): median of 5 n x n x n products."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
     times = []
-    for b in range(WARMUP + n_batches):
-        sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
-        batch = Batch(users[sl], torch.cat([pos[sl, None], negatives[sl]], dim=1))
+    for _ in range(5):
         synchronize(device)
-        t0 = time.perf_counter()
-        loss = model.loss(batch)["loss"]
-        trainer.optimizer.zero_grad(set_to_none=True)
+        t0 = CLOCK()
+        a @ b
+        synchronize(device)
+        times.append(CLOCK() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+class Path_:
+    """One training path (old or new): its model, optimiser and batch source, stepped one batch at a time."""
+
+    def __init__(self, arch: str, cfg: TrainConfig, inputs: ModelInputs, split: Split, device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.cfg, self.model = cfg, SiBraR(ARCHITECTURES[arch], inputs)
+        self.trainer = Trainer(self.model, inputs, split, dataclasses.replace(cfg, device=str(device)), progress=False)
+        self.device, self.b = device, 0
+        gen = torch.Generator(device=device).manual_seed(0)
+        self.model.generator, self.gen = gen, gen  # type: ignore[assignment]
+        self.model.train()
+        t = self.trainer
+        synchronize(device)
+        t0 = CLOCK()
+        order = torch.randperm(len(t.users), generator=gen, device=device)
+        self.users, self.pos = t.users[order], t.pos_items[order]
+        self.negatives = None if t.shares_negatives else sample_negatives(
+            self.users, cfg.n_negatives, candidates=t.candidates, positive_keys=t.keys, n_items=inputs.n_items, generator=gen)
+        synchronize(device)
+        self.batches_per_epoch = math.ceil(len(t.users) / cfg.batch_size)
+        self.epoch_setup_s = CLOCK() - t0  # per-epoch negatives (old path), spread over its batches
+
+    def batch(self) -> Batch:
+        sl = slice(self.b * self.cfg.batch_size, (self.b + 1) * self.cfg.batch_size)
+        self.b = (self.b + 1) % (self.batches_per_epoch - 1)  # full batches only
+        return self.trainer._batch(self.users[sl], self.pos[sl], None if self.negatives is None else self.negatives[sl], self.gen)
+
+    def forward(self, batch: Batch) -> Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            return self.model.loss(batch)["loss"]
+
+    def step(self) -> float:
+        """Seconds of one optimiser step, batch construction included (plus its share of the epoch's negatives)."""
+        optimizer = self.trainer.optimizer
+        assert optimizer is not None
+        synchronize(self.device)
+        t0 = CLOCK()
+        loss = self.forward(self.batch())
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        trainer.optimizer.step()
+        optimizer.step()
+        synchronize(self.device)
+        return CLOCK() - t0 + self.epoch_setup_s / self.batches_per_epoch
+
+    def work(self) -> tuple[float, float]:
+        """(branch rows per positive, FLOPs per positive) of one step: rows through the towers' shared
+        branches, FLOPs of matmuls in forward + backward (torch's FLOP counter; lookups count 0)."""
+        rows = [0]
+        hooks = [tower.branch.register_forward_hook(lambda m, i, o: rows.__setitem__(0, rows[0] + len(i[0])))
+                 for tower in (self.model.user_tower, self.model.item_tower) if not isinstance(tower.branch, torch.nn.Identity)]
+        batch = self.batch()
+        with FlopCounterMode(display=False) as counter:
+            self.forward(batch).backward()
+        for h in hooks:
+            h.remove()
+        self.model.zero_grad(set_to_none=True)
+        return rows[0] / len(batch.users), counter.get_total_flops() / len(batch.users)
+
+
+def time_training(name: str, inputs: ModelInputs, split: Split, device: torch.device, n_batches: int,
+                  args: argparse.Namespace, result: dict) -> tuple[list[Row], SiBraR]:
+    """Old and new step alternating batch by batch in one process, so both see the same load."""
+    paths = {"old": Path_(name, OLD_TRAIN, inputs, split, device), "new": Path_(name, new_train(args), inputs, split, device)}
+    resettable = reset_peak()
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for b in range(WARMUP + n_batches):
+        for key, path in paths.items():
+            t = path.step()
+            if b >= WARMUP:
+                times[key].append(t)
+    peak, gpu = peak_mb(resettable), cuda_peak_mb(device)
+    rows, out = [], {}
+    flops_rate = {p: gemm_flops(device, torch.bfloat16 if paths[p].cfg.precision == "bf16" else torch.float32) for p in paths}
+    for key, path in paths.items():
+        per_batch = statistics.median(times[key])
+        branch_rows, flops = path.work()
+        rate = path.cfg.batch_size / per_batch
+        frac = flops * rate / flops_rate[key]
+        c = path.cfg
+        desc = (f"batch {c.batch_size}, " + (f"{c.n_negatives} negatives/positive" if c.negatives == "per_row" else
+                f"{c.n_shared_negatives} shared negatives") + f", {c.objective}, dedup {c.dedup}, {c.precision}")
+        out[key] = {"interactions_per_s": rate, "s_per_batch": per_batch, "branch_rows_per_positive": branch_rows,
+                    "flops_per_positive": flops, "gemm_flops_per_s": flops_rate[key], "gemm_fraction": frac,
+                    "train": desc, "s_per_epoch": per_batch * path.batches_per_epoch}
+        rows += [Row("train", f"{name} {key}: interactions/s", f"{rate:,.0f}",
+                     f"{desc}; median of {n_batches} steps ({per_batch:.3f} s/batch); ~{out[key]['s_per_epoch']:,.0f} s/epoch",
+                     peak, gpu),
+                 Row("train", f"{name} {key}: branch rows/positive", f"{branch_rows:.2f}", "rows through the shared branches", peak, gpu),
+                 Row("train", f"{name} {key}: GFLOP/positive", f"{flops / 1e9:.4f}",
+                     f"{frac:.1%} of this machine's {'bf16' if c.precision == 'bf16' else 'fp32'} GEMM rate "
+                     f"({flops_rate[key] / 1e9:,.0f} GFLOP/s)", peak, gpu)]
+    ratios = [o / n * paths["new"].cfg.batch_size / paths["old"].cfg.batch_size for o, n in zip(times["old"], times["new"])]
+    out["speedup_median_same_turn"] = statistics.median(ratios)
+    rows.append(Row("train", f"{name}: new / old interactions/s", f"{out['new']['interactions_per_s'] / out['old']['interactions_per_s']:.1f}x",
+                    f"median same-turn ratio {statistics.median(ratios):.1f}x (min {min(ratios):.1f}, max {max(ratios):.1f})", peak, gpu))
+    result.setdefault("train", {})[name] = out
+    return rows, paths["new"].model
+
+
+def time_evaluation(model: SiBraR, inputs: ModelInputs, split: Split, device: torch.device, result: dict) -> list[Row]:
+    """Per-epoch validation (the trainer's call) against the score GEMM of all users x all items,
+    alternating, medians of 5; then test-set users/s for both candidate protocols."""
+    model.eval()
+    evaluate(model, inputs, split, "valid")  # warm: the split's targets are built once and reused
+    user_emb = model.user_embeddings(torch.arange(inputs.n_users, device=device)).float()
+    item_emb = model.all_item_embeddings().float()
+    evals, embeds, gemms = [], [], []
+    for _ in range(5):
         synchronize(device)
-        if b >= WARMUP:
-            times.append(time.perf_counter() - t0)
-    per_batch = statistics.mean(times)
-    epoch_s = t_negatives + batches_per_epoch * per_batch
-    peak = peak_mb(resettable)
-    gpu = cuda_peak_mb(device)
-    spread = f"median {statistics.median(times):.3f}, min {min(times):.3f}, max {max(times):.3f} s/batch"
-    rows = [
-        Row("train", f"{name}: s/batch", f"{per_batch:.3f}", f"{n_batches} timed steps after {WARMUP} warm-up; {spread}", peak, gpu),
-        Row("train", f"{name}: s/epoch", f"{epoch_s:,.0f}",
-            f"EXTRAPOLATED: {batches_per_epoch} batches x s/batch + {t_negatives:.2f} s epoch negatives", peak, gpu),
-        Row("train", f"{name}: interactions/s", f"{cfg.batch_size / per_batch:,.0f}",
-            f"positives/s (each with 10 negatives); {n_train:,} train interactions; {n_params / 1e6:.2f} M params", peak, gpu),
-    ]
-    return rows, model
-
-
-def time_evaluation(model: SiBraR, inputs: ModelInputs, split: Split, device: torch.device) -> list[Row]:
-    rows = []
+        t0 = CLOCK()
+        evaluate(model, inputs, split, "valid")
+        synchronize(device)
+        t1 = CLOCK()
+        with torch.no_grad():  # the model's own share of it: embedding every item and the evaluated users
+            model.all_item_embeddings()
+            model.user_embeddings(torch.arange(inputs.n_users, device=device))
+        synchronize(device)
+        t2 = CLOCK()
+        user_emb @ item_emb.T
+        synchronize(device)
+        evals.append(t1 - t0)
+        embeds.append(t2 - t1)
+        gemms.append(CLOCK() - t2)
+    ev, emb, gemm = statistics.median(evals), statistics.median(embeds), statistics.median(gemms)
+    result["eval"] = {"valid_s": ev, "embeddings_s": emb, "score_gemm_s": gemm, "ratio": ev / gemm,
+                      "ratio_without_embeddings": (ev - emb) / gemm}
+    rows = [Row("eval", "valid evaluation / score GEMM", f"{ev / gemm:.1f}x",
+                f"evaluate(valid) {ev:.3f} s vs {inputs.n_users:,} x {inputs.n_items:,} x {item_emb.shape[1]} GEMM "
+                f"{gemm:.3f} s; {(ev - emb) / gemm:.1f}x without the model's embedding pass ({emb:.3f} s); medians of 5, "
+                "alternating", 0.0, "-")]
     for candidates in ("split", "all"):
         cfg = EvalConfig(candidates=candidates)  # type: ignore[arg-type]
         resettable = reset_peak()
         synchronize(device)
         t0 = time.perf_counter()
-        result = evaluate(model, inputs, split, "test", cfg)
+        out = evaluate(model, inputs, split, "test", cfg)
         synchronize(device)
         seconds = time.perf_counter() - t0
         n_cand = len(split.candidates("test", candidates))  # type: ignore[arg-type]
-        rows.append(Row("eval", f"{split.manifest.get('dataset', 'data')} test, candidates={candidates}: users/s", f"{len(result.users) / seconds:,.0f}",
-                        f"{len(result.users):,} users x {n_cand:,} items in {seconds:.2f} s (item embedding + top-20 "
-                        f"+ {len(result.summary)} metric values)", peak_mb(resettable), cuda_peak_mb(device)))
+        rows.append(Row("eval", f"{split.manifest.get('dataset', 'data')} test, candidates={candidates}: users/s", f"{len(out.users) / seconds:,.0f}",
+                        f"{len(out.users):,} users x {n_cand:,} items in {seconds:.2f} s (item embedding + top-20 "
+                        f"+ {len(out.summary)} metric values)", peak_mb(resettable), cuda_peak_mb(device)))
+    return rows
+
+
+def time_to_quality(name: str, inputs: ModelInputs, split: Split, device: torch.device, args: argparse.Namespace,
+                    result: dict) -> list[Row]:
+    """Train old and new to `--ttq-epochs` epochs with per-epoch validation; CPU (or wall) seconds
+    until validation nDCG@10 first reaches 95 % / 99 % of the old path's best epoch."""
+    curves = {}
+    for key, cfg in (("old", OLD_TRAIN), ("new", new_train(args))):
+        cfg = dataclasses.replace(cfg, device=str(device), epochs=args.ttq_epochs, patience=args.ttq_epochs, lr=args.ttq_lr)
+        torch.manual_seed(0)
+        model = SiBraR(ARCHITECTURES[name], inputs)
+        curve = Curve("ndcg@10", args.clock)
+        Trainer(model, inputs, split, cfg, EvalConfig(), callbacks=[curve], progress=False).fit()
+        curves[key] = curve.points
+    old_best = max(v for _, _, v in curves["old"])
+    rows, out = [], {}
+    for key, points in curves.items():
+        t95, t99 = time_to(points, 0.95 * old_best), time_to(points, 0.99 * old_best)
+        out[key] = {"points": points, "best": max(v for _, _, v in points), "time_to_95": t95, "time_to_99": t99}
+        fmt = lambda t: "not reached" if t is None else f"{t:,.0f} s"  # noqa: E731
+        rows.append(Row("quality", f"{name} {key}: time to 95 % / 99 % of old best", f"{fmt(t95)} / {fmt(t99)}",
+                        f"best valid nDCG@10 {out[key]['best']:.4f} in {args.ttq_epochs} epochs (old best {old_best:.4f}); "
+                        f"{args.clock} seconds incl. validation", 0.0, "-"))
+    result.setdefault("time_to_quality", {})[name] = out
     return rows
 
 
@@ -266,7 +410,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--architectures", default="paper,small")
     parser.add_argument("--dataset", default="ml-1m", help="fetch name or folder (default ml-1m under $SIBRAR_DATA)")
+    parser.add_argument("--new-batch", type=int, default=2048, help="batch size of the new path (default 2048)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="new path's precision (default fp32)")
+    parser.add_argument("--ttq", default="", help="architectures to train for time-to-quality, e.g. small (slow: full epochs)")
+    parser.add_argument("--ttq-epochs", type=int, default=3)
+    parser.add_argument("--ttq-lr", type=float, default=2e-3, help="lr of both paths in the time-to-quality runs")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="clock of training steps and time-to-quality: process CPU seconds (default; the machine is shared) or wall; "
+                             "wall on cuda")
+    parser.add_argument("--skip-catalogue", action="store_true")
+    parser.add_argument("--json", help="write the measured figures to this JSON file")
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" and args.device == "cpu" else time.perf_counter
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible")
     if args.threads:
@@ -298,22 +453,32 @@ def main(argv: list[str] | None = None) -> int:
           f"prepared in {time.perf_counter() - t0:.1f} s\n", flush=True)
 
     rows: list[Row] = []
+    result: dict = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "commit": commit(), "machine": machine(),
+                    "device": str(device), "load_average_start": os.getloadavg()}
     models: dict[str, SiBraR] = {}
     for name in args.architectures.split(","):
         def run_training(name: str = name) -> list[Row]:
-            out, models[name] = time_training(name, inputs, split, device, n_batches)
+            out, models[name] = time_training(name, inputs, split, device, n_batches, args, result)
             return out
         stage(f"train {name}", run_training, rows, started)
-    if "paper" in models:
-        stage("evaluate (paper model)", lambda: time_evaluation(models["paper"].eval(), inputs, split, device), rows, started)
+    if models:
+        first = next(iter(models))
+        stage(f"evaluate ({first} model)", lambda: time_evaluation(models[first], inputs, split, device, result), rows, started)
     models.clear()
+    for name in filter(None, args.ttq.split(",")):
+        stage(f"time to quality {name}", lambda n=name: time_to_quality(n, inputs, split, device, args, result), rows, started)
     gc.collect()
-    stage("1M catalogue", lambda: time_catalogue(args.catalogue_items, n_cat_users, 128, device, user_chunk), rows, started)
+    if not args.skip_catalogue:
+        stage("1M catalogue", lambda: time_catalogue(args.catalogue_items, n_cat_users, 128, device, user_chunk), rows, started)
 
     print()
     print_table(rows)
     print(f"\ntotal time {time.perf_counter() - started:.0f} s; load average at end "
           f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min) on {os.cpu_count()} logical CPUs")
+    if args.json:
+        result["rows"] = [dataclasses.asdict(r) for r in rows]
+        with atomic_write(Path(args.json)) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=1))
     return 0
 
 

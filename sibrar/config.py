@@ -247,9 +247,22 @@ class TrainConfig:
     # numbers depend on it (float sums are split differently), so a config meant to give the same numbers
     # on every machine fixes it; the value used is recorded in the run's manifest.json either way
     threads: int | None = None
+    # The training step. Defaults: the fast step (one tower pass per distinct entity, shared negatives,
+    # sampled softmax), which matched or beat the reference code's step on validation nDCG@10 per CPU
+    # second (benchmarks/train_curves.py, README "The training step"); larger batches make it faster
+    # still (batch_size=2048: ~9x the positives/s of the reference for the paper architecture; re-tune lr).
+    # The reference step (every slot encoded, N negatives per positive, BPR): negatives=per_row,
+    # objective=bpr, dedup=none. MF and DeepMF always train that way (their losses read the per-row batch).
+    negatives: Literal["per_row", "shared"] = "shared"  # shared: one set per batch, scored against every user
+    n_shared_negatives: int = 1024  # distinct items per batch (user's own training items masked per user)
+    objective: Literal["bpr", "softmax"] = "softmax"  # softmax: cross-entropy of the positive against the negatives
+    # entities: one tower pass per distinct user / item of a batch (one modality draw each); rows: draws
+    # per slot (the reference's sampling) but one branch pass per distinct (entity, modality); none: per slot
+    dedup: Literal["entities", "rows", "none"] = "entities"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass; weights and loss stay fp32
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "n_negatives", "patience"):
+        for name in ("epochs", "batch_size", "n_negatives", "n_shared_negatives", "patience"):
             if getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ConfigError(f"train.{name} is {getattr(self, name)}; expected a positive integer")
         if self.lr <= 0:
@@ -394,7 +407,7 @@ RANGES: dict[str, Range] = {
     "ratios": Range(0, 1), "seed": NON_NEGATIVE,
     # train
     "epochs": NON_NEGATIVE, "batch_size": AT_LEAST_ONE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
-    "n_negatives": AT_LEAST_ONE, "patience": AT_LEAST_ONE, "min_epochs": NON_NEGATIVE, "grad_clip": POSITIVE,
+    "n_negatives": AT_LEAST_ONE, "n_shared_negatives": AT_LEAST_ONE, "patience": AT_LEAST_ONE, "min_epochs": NON_NEGATIVE, "grad_clip": POSITIVE,
     "time_limit_s": POSITIVE, "threads": AT_LEAST_ONE,
     # eval
     "ks": AT_LEAST_ONE, "batch_users": AT_LEAST_ONE,

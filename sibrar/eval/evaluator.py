@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,14 +50,7 @@ def evaluate(
     Training items are masked, and validation items too when evaluating `test` (spec §7.1).
     Interaction modalities always come from the training part only.
     """
-    truth = part_matrix(split, part)
-    users = np.flatnonzero(np.diff(truth.indptr) > 0)
-    if len(users) == 0:
-        raise SplitError(f"split part {part!r} has no interactions to evaluate")
-    exclude = part_matrix(split, "train")
-    if part == "test":
-        exclude = exclude + part_matrix(split, "valid")
-    candidates = split.candidates(part, config.candidates)
+    truth, users, exclude, candidates = _targets(split, part, config.candidates)
     was_training = model.training
     model.eval()
     device = model.device
@@ -68,20 +62,48 @@ def evaluate(
     k = max(config.ks)
     gen = torch.Generator().manual_seed(config.seed)
     topk, _ = topk_items(user_emb.float().cpu(), item_emb.float().cpu(), k, candidates=torch.from_numpy(candidates),
-                         exclude=exclude[users], generator=gen, user_chunk=config.batch_users)
+                         exclude=exclude, generator=gen, user_chunk=config.batch_users)
     topk_np = topk.numpy()
     pop = inputs.item_popularity.cpu().numpy()
-    report = compute_metrics(topk_np, truth[users], config.ks, metrics=config.metrics, item_popularity=pop, candidates=candidates)
-    groups = _groups(split, part, users, truth[users], topk_np, config, pop, candidates)
+    report = compute_metrics(topk_np, truth, config.ks, metrics=config.metrics, item_popularity=pop, candidates=candidates)
+    groups = _groups(split, part, users, truth, topk_np, config, pop, candidates)
     return EvalResult(part, view.name, report.summary, report.per_user, users, groups, topk_np if keep_topk else None)
+
+
+_TARGETS: weakref.WeakKeyDictionary[Split, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
+
+
+def _targets(split: Split, part: Part, protocol: Literal["split", "all"]) -> tuple[sp.csr_array, np.ndarray, sp.csr_array, np.ndarray]:
+    """(truth rows (U, I), evaluated users (U,), masked items (U, I), candidates) of a split part.
+
+    Built once per split object and reused: validation runs every epoch on the same split, and
+    these polars -> scipy conversions cost as much as the ranking itself on ML-1M.
+    """
+    cache = _TARGETS.setdefault(split, {})
+    key = (part, protocol)
+    if key not in cache:
+        truth = part_matrix(split, part)
+        users = np.flatnonzero(np.diff(truth.indptr) > 0)
+        if len(users) == 0:
+            raise SplitError(f"split part {part!r} has no interactions to evaluate")
+        exclude = part_matrix(split, "train")
+        if part == "test":
+            exclude = exclude + part_matrix(split, "valid")
+        truth_rows = truth[users]
+        truth_rows.sort_indices()
+        cache[key] = (truth_rows, users, exclude[users].tocsr(), split.candidates(part, protocol))
+    return cache[key]
 
 
 def _groups(split: Split, part: Part, users: np.ndarray, truth: sp.csr_array, topk: np.ndarray, config: EvalConfig,
             pop: np.ndarray, candidates: np.ndarray) -> dict[str, dict[str, float]]:
     """Cold/warm breakdown where the part mixes both (items: truth restricted; users: rows)."""
     groups: dict[str, dict[str, float]] = {}
-    cold_items = split.cold_items(part)
-    part_items = split.part(part)["item_idx"].unique().to_numpy()
+    cache = _TARGETS.setdefault(split, {})
+    if ("groups", part) not in cache:
+        cache["groups", part] = (split.cold_items(part), split.part(part)["item_idx"].unique().to_numpy(),
+                                 split.cold_users(part))
+    cold_items, part_items, cold_users = cache["groups", part]
     if 0 < len(cold_items) < len(part_items):
         is_cold = np.zeros(split.n_items, dtype=bool)
         is_cold[cold_items] = True
@@ -89,7 +111,6 @@ def _groups(split: Split, part: Part, users: np.ndarray, truth: sp.csr_array, to
             restricted = truth.multiply(keep[None, :]).tocsr()
             groups[name] = compute_metrics(topk, restricted, config.ks, metrics=config.metrics, item_popularity=pop,
                                            candidates=candidates).summary
-    cold_users = split.cold_users(part)
     if 0 < len(cold_users) < len(users):
         mask = np.isin(users, cold_users)
         for name, rows in (("cold_users", mask), ("warm_users", ~mask)):

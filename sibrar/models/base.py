@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -16,10 +16,21 @@ from sibrar.registry import MODELS, ModelEntry
 
 @dataclass(frozen=True)
 class Batch:
-    """One training batch: each user with its positive item in column 0 and N negatives after it."""
+    """One training batch: each user with its positive item in column 0 and its own N negatives
+    after it, or (with `shared`) only the positive and one set of negatives for the whole batch.
+
+    `dedup`: "entities" runs each tower once per distinct entity of the batch (one modality draw per
+    distinct entity) and gathers; "rows" draws modalities per slot, as the reference code does, but
+    runs the shared branch once per distinct (entity, modality) row; "none" encodes every slot
+    separately (the reference code's pass).
+    """
 
     users: Tensor  # (B,) long
-    items: Tensor  # (B, 1+N) long
+    items: Tensor  # (B, 1+N) long; (B, 1) with shared negatives
+    shared: Tensor | None = None  # (S,) long, distinct: negatives scored against every user of the batch
+    shared_mask: Tensor | None = None  # (B, S) bool: True where shared[s] is a training item of users[b]
+    objective: Literal["bpr", "softmax"] = "bpr"  # pairwise BPR, or sampled softmax (CE of the positive)
+    dedup: Literal["entities", "rows", "none"] = "entities"
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class Model(nn.Module, ABC):
     supports_cold_items: ClassVar[bool] = False  # can embed an item with no training interaction
     supports_cold_users: ClassVar[bool] = False
     trainable: ClassVar[bool] = True  # False for Pop/Rand: the trainer skips the epoch loop
+    supports_shared_negatives: ClassVar[bool] = False  # its loss reads Batch.shared / objective / dedup
 
     def __init__(self, config: Any, inputs: ModelInputs) -> None:
         super().__init__()

@@ -20,11 +20,10 @@ from torch import Tensor, nn
 from sibrar.data.inputs import ModelInputs
 from sibrar.data.modalities import EntityFeatures
 from sibrar.models.base import FULL_VIEW, Batch, Model, View, register_model
-from sibrar.models.losses import bpr_loss, sym_infonce
+from sibrar.models.objective import Pair, two_tower_loss
 from sibrar.models.modules import SharedBranch
-from sibrar.models.sibrar import Tower, TowerConfig
+from sibrar.models.sibrar import Tower, TowerConfig, contrastive_of
 
-Pair = tuple[Tensor, Tensor, Tensor]  # (view a (N, d), view b (N, d), weight (N,) bool)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,15 +73,16 @@ class BranchTower(Tower):
             z = self.branch[name](self.projections[name](uniq)[inverse])  # (P_m, d)
             if out is None:
                 out = z.new_zeros(len(entities), z.shape[1])
-            out[rows] = z
+            out[rows] = z.to(out.dtype)  # under autocast, branches over different projections differ in dtype
         if out is None:
             raise ValueError("no modality rows to encode")
         return out
 
-    def sample_views(self, entities: Tensor, generator: torch.Generator | None) -> tuple[Tensor, list[Pair]]:
+    def sample_views(self, entities: Tensor, generator: torch.Generator | None,
+                     unique_rows: bool = False) -> tuple[Tensor, list[Pair]]:
         """Training forward: (embedding (N, d), the modality pairs for the contrastive term)."""
         if self.config.sampling != "none":
-            emb, z, distinct = self.sample(entities, generator)
+            emb, z, distinct = self.sample(entities, generator, unique_rows)
             return emb, ([] if z is None else [(z[:, 0], z[:, 1], distinct)])
         available = self.available[entities][:, self.train_idx]  # (N, M)
         ent, col = available.nonzero(as_tuple=True)
@@ -103,6 +103,7 @@ class MultiBranch(Model):
 
     supports_cold_items = True
     supports_cold_users = True
+    supports_shared_negatives = True
 
     def __init__(self, config: MultiBranchConfig, inputs: ModelInputs) -> None:
         super().__init__(config, inputs)
@@ -111,24 +112,10 @@ class MultiBranch(Model):
         self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        b, k = batch.items.shape
-        user_emb, user_pairs = self.user_tower.sample_views(batch.users, self.generator)  # (B, d)
-        item_emb, item_pairs = self.item_tower.sample_views(batch.items.reshape(-1), self.generator)
-        item_emb = item_emb.reshape(b, k, -1)  # (B, 1+N, d)
-        scores = torch.einsum("bd,bkd->bk", user_emb, item_emb)
-        parts = {"bpr": bpr_loss(scores[:, 0], scores[:, 1:])}
-        total = parts["bpr"]
-        for side, pairs, ids, shape in (("item", item_pairs, batch.items, (b, k)), ("user", user_pairs, batch.users, (b,))):
-            cfg = self.item_tower.config if side == "item" else self.user_tower.config
-            if not pairs or cfg.contrastive_weight <= 0:
-                continue
-            temperature = cfg.temperature
-            terms = [sym_infonce(za.reshape(*shape, -1), zb.reshape(*shape, -1), temperature=temperature,
-                                 similarity=cfg.similarity, ids=ids, weights=w.reshape(shape).float())
-                     for za, zb, w in pairs]
-            parts[f"infonce_{side}"] = torch.stack(terms).mean()
-            total = total + cfg.contrastive_weight * parts[f"infonce_{side}"]
-        return {"loss": total, **parts}
+        rows = batch.dedup == "rows"
+        return two_tower_loss(batch, lambda e: self.user_tower.sample_views(e, self.generator, rows),
+                              lambda e: self.item_tower.sample_views(e, self.generator, rows),
+                              contrastive_of(self.user_tower.config), contrastive_of(self.item_tower.config))
 
     def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:
         return self.user_tower.embed(users, view.user)

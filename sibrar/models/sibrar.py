@@ -8,6 +8,7 @@ modality embeddings. Inference: mean over all available eval modalities, so a co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -18,7 +19,7 @@ from sibrar.data.inputs import ModelInputs
 from sibrar.data.modalities import EntityFeatures
 from sibrar.errors import ConfigError
 from sibrar.models.base import FULL_VIEW, Batch, Model, SideView, View, register_model
-from sibrar.models.losses import bpr_loss, sym_infonce
+from sibrar.models.objective import Contrastive, Pair, two_tower_loss
 from sibrar.models.modules import DEFAULT_NUMERIC_ENCODING, BranchConfig, Projection, SharedBranch
 from sibrar.models.numeric import NumericEncoding
 from sibrar.models.sampling import sample_modalities
@@ -114,21 +115,43 @@ class Tower(nn.Module):
             out = self.projections[name](uniq)[inverse]
             if projected is None:
                 projected = out.new_zeros(len(entities), out.shape[1])
-            projected[rows] = out
+            projected[rows] = out.to(projected.dtype)  # under autocast, modalities differ in dtype
         if projected is None:
             raise ValueError("no modality rows to encode")
         return self.branch(projected)
 
-    def sample(self, entities: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Training forward: (emb (N, d), per-modality (N, 2, d) or None, distinct (N,) bool)."""
+    def draw(self, entities: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Modality draw per entity row: (chosen (N, k) tower-wide indices, distinct (N,), has any (N,))."""
         available = self.available[entities][:, self.train_idx]  # (N, M_train)
         chosen, distinct = sample_modalities(available, self.config.sampling, generator=generator, central=self.central)
-        chosen = self.train_idx[chosen]  # back to tower-wide modality indices
+        has_any = available.any(dim=1)
+        return self.train_idx[chosen], distinct & has_any, has_any
+
+    def encode_draws(self, entities: Tensor, chosen: Tensor, has_any: Tensor,
+                     unique_rows: bool = False) -> tuple[Tensor, Tensor | None]:
+        """(emb (N, d), per-modality (N, 2, d) or None) for drawn modalities `chosen` (N, k).
+
+        unique_rows: run g once per distinct (entity, modality) row and gather (equal to the per-row
+        pass up to dropout masks and BatchNorm batch statistics, which then see each row once).
+        """
         k = chosen.shape[1]
-        z = self.encode(entities.repeat_interleave(k), chosen.reshape(-1)).reshape(len(entities), k, -1)
-        has_any = available.any(dim=1, keepdim=True)
-        emb = z.mean(dim=1) * has_any
-        return emb, (z if k == 2 else None), distinct & has_any.squeeze(1)
+        rows_entity, rows_modality = entities.repeat_interleave(k), chosen.reshape(-1)
+        if unique_rows:
+            n_mod = len(self.names)
+            keys, inverse = (rows_entity * n_mod + rows_modality).unique(return_inverse=True)
+            z = self.encode(torch.div(keys, n_mod, rounding_mode="floor"), keys % n_mod)[inverse]
+        else:
+            z = self.encode(rows_entity, rows_modality)
+        z = z.reshape(len(entities), k, -1)
+        emb = z.mean(dim=1) * has_any.unsqueeze(1)
+        return emb, (z if k == 2 else None)
+
+    def sample(self, entities: Tensor, generator: torch.Generator | None,
+               unique_rows: bool = False) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Training forward, one draw per row: (emb (N, d), per-modality (N, 2, d) or None, distinct (N,) bool)."""
+        chosen, distinct, has_any = self.draw(entities, generator)
+        emb, z = self.encode_draws(entities, chosen, has_any, unique_rows)
+        return emb, z, distinct
 
     def embed(self, entities: Tensor, view: SideView) -> Tensor:
         """Inference: mean of branch outputs over the eval modalities each entity may use under `view`."""
@@ -164,6 +187,7 @@ class SiBraR(Model):
 
     supports_cold_items = True
     supports_cold_users = True
+    supports_shared_negatives = True
 
     def __init__(self, config: SiBraRConfig, inputs: ModelInputs) -> None:
         super().__init__(config, inputs)
@@ -172,29 +196,22 @@ class SiBraR(Model):
         self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        b, k = batch.items.shape
-        user_emb, user_z, user_distinct = self.user_tower.sample(batch.users, self.generator)  # (B, d)
-        item_emb, item_z, item_distinct = self.item_tower.sample(batch.items.reshape(-1), self.generator)
-        item_emb = item_emb.reshape(b, k, -1)  # (B, 1+N, d)
-        scores = torch.einsum("bd,bkd->bk", user_emb, item_emb)
-        parts = {"bpr": bpr_loss(scores[:, 0], scores[:, 1:])}
-        total = parts["bpr"]
-        item_cfg, user_cfg = self.item_tower.config, self.user_tower.config
-        if item_z is not None and item_cfg.contrastive_weight > 0:
-            z = item_z.reshape(b, k, 2, -1)
-            parts["infonce_item"] = sym_infonce(
-                z[:, :, 0], z[:, :, 1], temperature=item_cfg.temperature, similarity=item_cfg.similarity,
-                ids=batch.items, weights=item_distinct.reshape(b, k).float())
-            total = total + item_cfg.contrastive_weight * parts["infonce_item"]
-        if user_z is not None and user_cfg.contrastive_weight > 0:
-            parts["infonce_user"] = sym_infonce(
-                user_z[:, 0], user_z[:, 1], temperature=user_cfg.temperature, similarity=user_cfg.similarity,
-                ids=batch.users, weights=user_distinct.float())
-            total = total + user_cfg.contrastive_weight * parts["infonce_user"]
-        return {"loss": total, **parts}
+        rows = batch.dedup == "rows"
+        return two_tower_loss(batch, self._views(self.user_tower, rows), self._views(self.item_tower, rows),
+                              contrastive_of(self.user_tower.config), contrastive_of(self.item_tower.config))
+
+    def _views(self, tower: Tower, unique_rows: bool) -> Callable[[Tensor], tuple[Tensor, list[Pair]]]:
+        def encode(entities: Tensor) -> tuple[Tensor, list[Pair]]:
+            emb, z, distinct = tower.sample(entities, self.generator, unique_rows)
+            return emb, ([] if z is None else [(z[:, 0], z[:, 1], distinct)])
+        return encode
 
     def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:
         return self.user_tower.embed(users, view.user)
 
     def item_embeddings(self, items: Tensor, view: View = FULL_VIEW) -> Tensor:
         return self.item_tower.embed(items, view.item)
+
+
+def contrastive_of(config: TowerConfig) -> Contrastive:
+    return Contrastive(config.contrastive_weight, config.temperature, config.similarity)

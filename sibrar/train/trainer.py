@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from sibrar._io import atomic_write, load_torch
@@ -35,7 +36,8 @@ from sibrar.eval.evaluator import evaluate
 from sibrar.models.base import Batch, Model
 from sibrar.train import distributed
 from sibrar.train.distributed import run_on_main
-from sibrar.train.sampler import interaction_keys, sample_negatives
+from sibrar.train.sampler import (interaction_keys, sample_negatives, sample_shared_negatives, shared_negative_mask,
+                                  training_csr)
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 
@@ -100,8 +102,22 @@ class Trainer:
         self.pos_items = torch.as_tensor(train["item_idx"].to_numpy(writable=True), device=self.device)
         self.keys = interaction_keys(self.users, self.pos_items, inputs.n_items)
         self.candidates = inputs.train_items.to(self.device)
+        self.train_csr = training_csr(self.keys, inputs.n_users, inputs.n_items)
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if params else None
+
+    @property
+    def shares_negatives(self) -> bool:
+        """Shared negatives where the config asks for them and the model's loss reads them."""
+        return self.config.negatives == "shared" and self.model.supports_shared_negatives
+
+    def _batch(self, users: Tensor, pos: Tensor, negatives: Tensor | None, gen: torch.Generator) -> Batch:
+        cfg = self.config
+        if negatives is not None:
+            return Batch(users, torch.cat([pos[:, None], negatives], dim=1), objective=cfg.objective, dedup=cfg.dedup)
+        shared = sample_shared_negatives(cfg.n_shared_negatives, candidates=self.candidates, generator=gen)
+        mask = shared_negative_mask(users, shared, *self.train_csr, n_items=self.inputs.n_items)
+        return Batch(users, pos[:, None], shared=shared, shared_mask=mask, objective=cfg.objective, dedup=cfg.dedup)
 
     def _validate(self) -> dict[str, float]:
         """Validation metrics; called through `run_on_main`, so only rank 0 evaluates."""
@@ -124,18 +140,22 @@ class Trainer:
             gen = torch.Generator(device=self.device).manual_seed(rank_seed)
             self.model.generator = gen  # type: ignore[assignment]
         users, pos = self.users[order], self.pos_items[order]
-        negatives = sample_negatives(users, cfg.n_negatives, candidates=self.candidates, positive_keys=self.keys,
-                                     n_items=self.inputs.n_items, generator=gen)
-        sums: dict[str, float] = {}
+        shared = self.shares_negatives
+        negatives = None if shared else sample_negatives(
+            users, cfg.n_negatives, candidates=self.candidates, positive_keys=self.keys, n_items=self.inputs.n_items,
+            generator=gen)
+        sums: dict[str, Any] = {}  # running sums as tensors: no host-device sync per batch
+        sync = self.device.type == "cpu"
         n_batches = math.ceil(len(users) / batch_size)  # the same on every rank (equal shards)
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}", leave=False, disable=not (self.progress and self.is_main),
                    unit="batch")
         for b in bar:
             sl = slice(b * batch_size, (b + 1) * batch_size)
-            batch = Batch(users[sl], torch.cat([pos[sl, None], negatives[sl]], dim=1))
-            parts = self.model.loss(batch)
+            batch = self._batch(users[sl], pos[sl], None if negatives is None else negatives[sl], gen)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                parts = self.model.loss(batch)
             loss = parts["loss"]
-            if not torch.isfinite(loss):
+            if (sync or b % 20 == 0) and not torch.isfinite(loss):  # on a GPU only every 20th batch waits for it
                 raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, batch {b}; lower train.lr or the contrastive weight")
             assert self.optimizer is not None
             self.optimizer.zero_grad(set_to_none=True)
@@ -146,9 +166,12 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if b % 20 == 0:
-                bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
+                sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()  # float64, as before
+            if b % 20 == 0 and bar.disable is False:
+                bar.set_postfix({k: f"{float(v) / (b + 1):.4f}" for k, v in sums.items()})
+        if not all(math.isfinite(float(v)) for v in sums.values()):
+            raise TrainingError(f"loss became non-finite in epoch {epoch}; lower train.lr or the contrastive weight")
+        sums = {k: float(v) for k, v in sums.items()}
         if self.world > 1:  # mean over every rank's batches
             sums = {k: v / self.world for k, v in distributed.all_reduce_sums(sums, self.device).items()}
         return {f"train/{k}": v / max(1, n_batches) for k, v in sums.items()}

@@ -20,7 +20,7 @@ from sibrar.errors import ConfigError
 from sibrar.models.base import FULL_VIEW, Batch, Model, SideView, View, register_model
 from sibrar.models.baselines.dropoutnet import view_usage
 from sibrar.models.baselines.mf import IdEmbedding
-from sibrar.models.losses import bpr_loss, sym_infonce
+from sibrar.models.objective import Contrastive, batch_slots, contrastive_loss, ranking_loss
 from sibrar.models.modules import Projection
 
 _CONTENT_KINDS = ("categorical", "tags", "numeric", "vector")
@@ -113,6 +113,7 @@ class CLCRec(Model):
 
     supports_cold_items = True
     supports_cold_users = True
+    supports_shared_negatives = True
 
     def __init__(self, config: CLCRecConfig, inputs: ModelInputs) -> None:
         super().__init__(config, inputs)
@@ -121,28 +122,23 @@ class CLCRec(Model):
                                       where="model.item")
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        b, k = batch.items.shape
-        items = batch.items.reshape(-1)
-        user_id, user_f, user_has_id, user_has = self.user_tower.parts(batch.users)  # (B, d), (B, d), (B,), (B,)
-        item_id, item_f, item_has_id, item_has = self.item_tower.parts(items)  # (B·(1+N), d) ... (B·(1+N),)
-        user_emb = self.user_tower.combine(user_id, user_f, user_has_id, user_has)  # (B, d)
-        item_emb = self.item_tower.combine(item_id, item_f, item_has_id, item_has).reshape(b, k, -1)  # (B, 1+N, d)
-        scores = torch.einsum("bd,bkd->bk", user_emb, item_emb)
-        if self.config.item_bias:
-            scores = scores + self.item_tower.bias(items, item_has_id).reshape(b, k)
-        parts = {"bpr": bpr_loss(scores[:, 0], scores[:, 1:])}
-        total = parts["bpr"]
+        slots = batch_slots(batch)  # each distinct user and item encoded once
+        user_id, user_f, user_has_id, user_has = self.user_tower.parts(slots.users)  # (Ub, d), (Ub, d), (Ub,), (Ub,)
+        item_id, item_f, item_has_id, item_has = self.item_tower.parts(slots.items)  # (Ui, d) ... (Ui,)
+        user_emb = self.user_tower.combine(user_id, user_f, user_has_id, user_has)[slots.user_of]  # (B, d)
+        item_emb = self.item_tower.combine(item_id, item_f, item_has_id, item_has)  # (Ui, d)
+        bias = self.item_tower.bias(slots.items, item_has_id).squeeze(1) if self.config.item_bias else None
+        parts = {batch.objective: ranking_loss(user_emb, item_emb, slots, batch, bias)}
+        total = parts[batch.objective]
         item_cfg, user_cfg = self.config.item, self.config.user
-        if item_cfg.modalities and item_cfg.contrastive_weight > 0:
-            parts["infonce_item"] = sym_infonce(  # per batch row, over its 1+N candidates
-                item_id.reshape(b, k, -1), item_f.reshape(b, k, -1), temperature=item_cfg.temperature,
-                similarity=item_cfg.similarity, ids=batch.items, weights=item_has.reshape(b, k).float())
-            total = total + item_cfg.contrastive_weight * parts["infonce_item"]
-        if user_cfg.modalities and user_cfg.contrastive_weight > 0:
-            parts["infonce_user"] = sym_infonce(  # one B × B group across the batch
-                user_id, user_f, temperature=user_cfg.temperature, similarity=user_cfg.similarity,
-                ids=batch.users, weights=user_has.float())
-            total = total + user_cfg.contrastive_weight * parts["infonce_user"]
+        # id vs content views: per batch row over its candidates (reference) or over the distinct entities
+        for side, cfg, pair, ids, grid in (
+                ("item", item_cfg, (item_id, item_f, item_has), slots.items, tuple(batch.items.shape)),
+                ("user", user_cfg, (user_id, user_f, user_has), slots.users, (len(batch.users),))):
+            if cfg.modalities and cfg.contrastive_weight > 0:
+                settings = Contrastive(cfg.contrastive_weight, cfg.temperature, cfg.similarity)
+                parts[f"infonce_{side}"] = contrastive_loss([pair], settings, ids, batch, grid)
+                total = total + cfg.contrastive_weight * parts[f"infonce_{side}"]
         return {"loss": total, **parts}
 
     def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:

@@ -20,7 +20,7 @@ from sibrar.data.modalities import EntityFeatures
 from sibrar.errors import ConfigError
 from sibrar.models.base import FULL_VIEW, Batch, Model, SideView, View, register_model
 from sibrar.models.baselines.deepmf import InteractionMLP
-from sibrar.models.losses import bpr_loss
+from sibrar.models.objective import batch_slots, ranking_loss
 from sibrar.models.modules import Projection, init_weights
 
 _CONTENT_KINDS = ("categorical", "tags", "numeric", "vector")
@@ -119,6 +119,7 @@ class DropoutNet(Model):
 
     supports_cold_items = True
     supports_cold_users = True
+    supports_shared_negatives = True
 
     def __init__(self, config: DropoutNetConfig, inputs: ModelInputs) -> None:
         super().__init__(config, inputs)
@@ -132,15 +133,13 @@ class DropoutNet(Model):
         return torch.rand(n, generator=self.generator, device=device) >= p  # (n,) bool
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        b, k = batch.items.shape
-        items = batch.items.reshape(-1)
-        keep_users = self._keep(b, self.config.user.preference_dropout, batch.users.device)
-        keep_items = self._keep(b * k, self.config.item.preference_dropout, items.device)
-        user_emb = self.user_tower(batch.users, keep_users)  # (B, d)
-        item_emb = self.item_tower(items, keep_items).reshape(b, k, -1)  # (B, 1+N, d)
-        scores = torch.einsum("bd,bkd->bk", user_emb, item_emb)
-        bpr = bpr_loss(scores[:, 0], scores[:, 1:])
-        return {"loss": bpr, "bpr": bpr}
+        slots = batch_slots(batch)  # one pass (and one preference-dropout draw) per distinct entity
+        keep_users = self._keep(len(slots.users), self.config.user.preference_dropout, batch.users.device)
+        keep_items = self._keep(len(slots.items), self.config.item.preference_dropout, batch.items.device)
+        user_emb = self.user_tower(slots.users, keep_users)[slots.user_of]  # (B, d)
+        item_emb = self.item_tower(slots.items, keep_items)  # (Ui, d)
+        loss = ranking_loss(user_emb, item_emb, slots, batch)
+        return {"loss": loss, batch.objective: loss}
 
     def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:
         return self.user_tower.embed(users, view.user)

@@ -1,0 +1,150 @@
+"""The fast training step: shared negatives never hold a user's own training item, bf16 agrees with fp32,
+and runs with it resume exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sibrar.config import RunConfig, apply_overrides, parse_run_config
+from sibrar.models.base import Batch
+from sibrar.models.sibrar import SiBraR
+from sibrar.train.run import Prepared, prepare, train_run
+from sibrar.train.sampler import interaction_keys, sample_shared_negatives, shared_negative_mask, training_csr
+from sibrar.train.trainer import LAST, Callback, Trainer
+
+from _planted import write_planted
+
+
+def base_config(dataset: Path) -> dict[str, Any]:
+    return {
+        "data": {"dataset": str(dataset), "k_core": 0},
+        "split": {"protocol": "random", "seed": 5},
+        "model": {"name": "sibrar", "dim": 16,
+                  "item": {"modalities": ["interactions", "genres"], "common_dim": 16, "contrastive_weight": 0.01,
+                           "branch": {"hidden": [16, 16], "input_dropout": 0.1}}},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.01, "negatives": "shared", "n_shared_negatives": 24,
+                  "objective": "softmax", "dedup": "entities", "patience": 10},
+        "eval": {"ks": [10], "metrics": ["ndcg"]},
+    }
+
+
+def config(base: dict[str, Any], *overrides: str) -> RunConfig:
+    return parse_run_config(apply_overrides(base, overrides))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Prepared]:
+    folder = write_planted(tmp_path_factory.mktemp("planted"), np.random.default_rng(20240607))
+    base = base_config(folder)
+    return base, prepare(config(base))
+
+
+def train_pairs(prep: Prepared) -> set[tuple[int, int]]:
+    train = prep.split.train
+    return set(zip(train["user_idx"].to_list(), train["item_idx"].to_list()))
+
+
+class Recording(SiBraR):
+    """SiBraR that keeps every training batch it is given."""
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self.batches.append(batch)
+        return super().loss(batch)
+
+
+def test_shared_negative_mask_equals_a_loop(planted, rng) -> None:
+    _, prep = planted
+    train = prep.split.train
+    users_all = torch.from_numpy(train["user_idx"].to_numpy().copy())
+    keys = interaction_keys(users_all, torch.from_numpy(train["item_idx"].to_numpy().copy()), prep.inputs.n_items)
+    crow, col = training_csr(keys, prep.inputs.n_users, prep.inputs.n_items)
+    users = torch.from_numpy(rng.integers(0, prep.inputs.n_users, 50))
+    shared = sample_shared_negatives(30, candidates=prep.inputs.train_items, generator=torch.Generator().manual_seed(0))
+    assert len(shared.unique()) == 30  # distinct
+    mask = shared_negative_mask(users, shared, crow, col, prep.inputs.n_items)
+    pairs = train_pairs(prep)
+    expected = torch.tensor([[(int(u), int(i)) in pairs for i in shared] for u in users])
+    assert expected.any() and torch.equal(mask, expected)
+
+
+def test_shared_negatives_never_include_a_users_own_training_item(planted) -> None:
+    """Every batch the trainer builds: unmasked shared negatives are never the user's training items."""
+    base, prep = planted
+    cfg = config(base, "train.epochs=1")
+    torch.manual_seed(0)
+    model = Recording(cfg.model, prep.inputs)
+    model.batches = []
+    Trainer(model, prep.inputs, prep.split, cfg.train, cfg.eval, progress=False).fit()
+    pairs = train_pairs(prep)
+    assert len(model.batches) >= 5
+    n_masked = 0
+    for batch in model.batches:
+        assert batch.shared is not None and batch.shared_mask is not None and batch.items.shape[1] == 1
+        own = torch.tensor([[(int(u), int(i)) in pairs for i in batch.shared] for u in batch.users])
+        assert torch.equal(batch.shared_mask, own)  # masked exactly where the item is the user's own
+        n_masked += int(own.sum())
+    assert n_masked > 0  # the check had something to catch
+
+
+def test_bf16_loss_and_gradients_agree_with_fp32(planted) -> None:
+    base, prep = planted
+    cfg = config(base)
+    torch.manual_seed(0)
+    model = SiBraR(cfg.model, prep.inputs).train()
+    users = torch.from_numpy(prep.split.train["user_idx"].to_numpy()[:64].copy())
+    pos = torch.from_numpy(prep.split.train["item_idx"].to_numpy()[:64].copy())
+    batch = Batch(users, pos[:, None], shared=prep.inputs.train_items[:24], objective="softmax")
+    out = {}
+    for precision in ("fp32", "bf16"):
+        model.generator = torch.Generator().manual_seed(3)
+        torch.manual_seed(3)  # dropout
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model.loss(batch)["loss"]
+        assert loss.dtype == torch.float32
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        out[precision] = (loss.detach(), grad)
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+    torch.testing.assert_close(out["bf16"][0], out["fp32"][0], rtol=2e-2, atol=1e-3)
+    cosine = torch.nn.functional.cosine_similarity(out["bf16"][1], out["fp32"][1], dim=0)
+    assert cosine > 0.99
+
+
+class StopAfter(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"simulated crash after epoch {epoch}")
+
+
+@pytest.mark.parametrize("overrides", [("train.precision=bf16",),
+                                       ("train.negatives=per_row", "train.dedup=none", "train.objective=bpr")])
+def test_resume_after_a_crash_equals_the_uninterrupted_run(planted, tmp_path, overrides) -> None:
+    base, prep = planted
+    cfg = config(base, *overrides)
+    straight = train_run(cfg, tmp_path / "straight", progress=False, prepared=prep)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "crashed", callbacks=[StopAfter(0)], progress=False, prepared=prep)
+    assert torch.load(tmp_path / "crashed" / LAST, weights_only=True)["epoch"] == 0
+    resumed = train_run(cfg, tmp_path / "crashed", resume=True, progress=False, prepared=prep)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(resumed.train.history) == strip(straight.train.history)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_training_learns_as_well_as_fp32(planted) -> None:
+    base, prep = planted
+    best = {p: train_run(config(base, f"train.precision={p}", "train.epochs=4"), None, progress=False, prepared=prep,
+                         test=False).train.best_value for p in ("fp32", "bf16")}
+    untrained = train_run(config(base, "train.epochs=0"), None, progress=False, prepared=prep, test=False).train.best_value
+    assert best["fp32"] > untrained + 0.1
+    assert abs(best["bf16"] - best["fp32"]) < 0.05
