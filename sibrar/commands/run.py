@@ -128,7 +128,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     load_experiment(DEMO_CONFIG, args.overrides)  # a bad --set fails here, before the fetch and the encoding
-    print("[1/3] fetching MovieLens-100K (PyPI wheel or GroupLens) ...")
+    print("[1/3] fetching MovieLens-100K (the sha256-pinned recbole wheel on PyPI) ...")
     folder = fetch("ml-100k", args.root)
     print(f"      {folder}")
     print("[2/3] text modality: MiniLM embedding of 'title (year). Genres: ...' (sibrar encode text) ...")
