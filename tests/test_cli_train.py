@@ -8,30 +8,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-import yaml
 
+from _runs import small_run_config as config_file
 from sibrar.cli import main
 from sibrar.config import load_run_config
 
 RUN_FILES = ("config.yaml", "manifest.json", "split.json", "history.csv", "metrics.json", "per_user.parquet", "model.pt")
 
 
-
-
-def config_file(folder: Path, dataset: Path, **sections: dict) -> Path:
-    data = {
-        "data": {"dataset": str(dataset), "k_core": 0},
-        "split": {"protocol": "cold_item", "seed": 2},
-        "model": {"name": "sibrar", "dim": 8,
-                  "item": {"modalities": ["interactions", "genres", "text"], "common_dim": 8, "branch": {"hidden": [8]}}},
-        "train": {"epochs": 5, "batch_size": 64, "n_negatives": 3},
-        "eval": {"ks": [10]},
-    }
-    for name, values in sections.items():
-        data[name] = {**data.get(name, {}), **values}
-    path = folder / "run.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

