@@ -10,7 +10,7 @@ import torch
 from sibrar.config import load_run_config
 from sibrar.train.run import train_run
 
-from test_malformed_inputs import run_config
+from _runs import small_run_config
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -18,7 +18,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_pinned_threads_give_identical_runs_whatever_the_process_thread_count(synthetic_shared_dir, tmp_path):
-    config = load_run_config(run_config(tmp_path, synthetic_shared_dir, train={"threads": 2, "epochs": 2}))
+    config = load_run_config(small_run_config(tmp_path, synthetic_shared_dir, epochs=2, train={"threads": 2}))
     before = torch.get_num_threads()
     runs = []
     try:
