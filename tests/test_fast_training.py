@@ -15,9 +15,10 @@ from sibrar.models.base import Batch
 from sibrar.models.sibrar import SiBraR
 from sibrar.train.run import Prepared, prepare, train_run
 from sibrar.train.sampler import interaction_keys, sample_shared_negatives, shared_negative_mask, training_csr
-from sibrar.train.trainer import LAST, Callback, Trainer
+from sibrar.train.trainer import LAST, Trainer
 
 from _planted import write_planted
+from test_trainer import StopAfter
 
 
 def base_config(dataset: Path) -> dict[str, Any]:
@@ -114,15 +115,6 @@ def test_bf16_loss_and_gradients_agree_with_fp32(planted) -> None:
     torch.testing.assert_close(out["bf16"][0], out["fp32"][0], rtol=2e-2, atol=1e-3)
     cosine = torch.nn.functional.cosine_similarity(out["bf16"][1], out["fp32"][1], dim=0)
     assert cosine > 0.99
-
-
-class StopAfter(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        if epoch == self.epoch:
-            raise KeyboardInterrupt(f"simulated crash after epoch {epoch}")
 
 
 @pytest.mark.parametrize("overrides", [("train.precision=bf16",),
