@@ -6,7 +6,8 @@ Run by hand (never part of the test suite):
         --png experiments/results/train-curves-ml100k.png --json experiments/results/train-curves-ml100k.json
 
 Each variant trains the experiment's model from the same seed with `train.*` overrides (`old` is the
-reference step: every slot encoded, 10 negatives per positive, BPR; `new` is TrainConfig's defaults).
+reference step: every slot encoded, 10 negatives per positive, BPR; `new` is TrainConfig's default step,
+whatever step the file pins; other train settings come from the file or `--variant`).
 Time counts training and the per-epoch validation (the untrained model's "epoch -1" is t=0), in
 process CPU seconds unless `--clock wall`: the machine these were measured on is shared.
 Time-to-quality: the first second at which validation nDCG@10 reaches a fraction of the best
@@ -28,13 +29,15 @@ from typing import Any
 from provenance import commit, machine  # benchmarks/provenance.py
 
 
+from sibrar.config import TrainConfig
 from sibrar.experiment import load_experiment
 from sibrar.train.run import prepare
 from sibrar.train.trainer import Callback, Trainer
 from sibrar.models.base import create_model
 
 OLD = ("negatives=per_row", "dedup=none", "objective=bpr", "precision=fp32")
-NEW: tuple[str, ...] = ()  # TrainConfig's defaults
+STEP_FIELDS = ("negatives", "n_shared_negatives", "objective", "dedup", "contrastive_group", "precision")
+NEW = tuple(f"{f}={getattr(TrainConfig(), f)}" for f in STEP_FIELDS)  # TrainConfig's default step, whatever the file pins
 
 
 class Curve(Callback):
@@ -59,7 +62,7 @@ def parse_value(text: str) -> Any:
             return cast(text)
         except ValueError:
             pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+    return {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
 
 
 def train_variant(spec: Any, overrides: tuple[str, ...], cache: dict[Any, Any], clock: str) -> list[tuple[int, float, float]]:

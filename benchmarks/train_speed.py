@@ -17,7 +17,7 @@ Stages
      interactions -> 64; single-modality sampling). Two paths, stepped ALTERNATELY batch by batch in
      one process so both see the same load: `old` = today's step (batch 256, 10 negatives per
      positive, every slot encoded, BPR, fp32) and `new` = the fast step (batch 2048, one pass per
-     distinct entity, 1024 shared negatives, sampled softmax; --new-batch / --precision override). AdamW.
+     distinct entity, 10 negatives per positive from a pool of 1024 per batch, sampled softmax; --new-batch / --precision override). AdamW.
      Per path: positives per second (median step; the old path's per-epoch negative sampling is timed
      once and spread over its batches), rows through the shared branches per positive, matmul FLOPs
      per positive (forward + backward, torch's FLOP counter) and the fraction of this machine's
@@ -72,7 +72,6 @@ from sibrar.eval.ranking import topk_items
 from sibrar.models.base import Batch
 from sibrar.models.modules import BranchConfig
 from sibrar.models.sibrar import SiBraR, SiBraRConfig, TowerConfig
-from sibrar.train.sampler import sample_negatives
 from sibrar.train.trainer import Trainer
 
 WARMUP = 2
@@ -156,10 +155,15 @@ OLD_TRAIN = TrainConfig(batch_size=256, n_negatives=10, lr=5e-5, weight_decay=1e
 
 
 def new_train(args: argparse.Namespace) -> TrainConfig:
-    """The fast step: one pass per distinct entity, 1024 shared negatives, sampled softmax, batch 2048
-    (--new-batch, --precision override), with the benchmark's optimiser settings."""
-    return TrainConfig(lr=5e-5, weight_decay=1e-3, batch_size=args.new_batch, negatives="shared", n_shared_negatives=1024,
-                       objective="softmax", dedup="entities", precision=args.precision)
+    """TrainConfig's default step (one pass per distinct entity, per-row negatives from one pool per
+    batch, sampled softmax) at batch --new-batch, --precision and --new-set, with the benchmark's optimiser settings."""
+    extra = {k: type(getattr(TrainConfig, k))(v) for k, v in (text.split("=", 1) for text in args.new_set)}
+    return TrainConfig(lr=5e-5, weight_decay=1e-3, batch_size=args.new_batch, precision=args.precision, **extra)
+
+
+def negatives_text(c: TrainConfig) -> str:
+    return {"per_row": f"{c.n_negatives} negatives/positive", "shared": f"{c.n_shared_negatives} shared negatives",
+            "pooled": f"{c.n_negatives} negatives/positive from a pool of {c.n_shared_negatives}"}[c.negatives]
 
 
 def gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
@@ -192,8 +196,7 @@ class Path_:
         t0 = CLOCK()
         order = torch.randperm(len(t.users), generator=gen, device=device)
         self.users, self.pos = t.users[order], t.pos_items[order]
-        self.negatives = None if t.shares_negatives else sample_negatives(
-            self.users, cfg.n_negatives, candidates=t.candidates, positive_keys=t.keys, n_items=inputs.n_items, generator=gen)
+        self.negatives = t.epoch_negatives(self.users, gen)
         synchronize(device)
         self.batches_per_epoch = math.ceil(len(t.users) / cfg.batch_size)
         self.epoch_setup_s = CLOCK() - t0  # per-epoch negatives (old path), spread over its batches
@@ -255,8 +258,7 @@ def time_training(name: str, inputs: ModelInputs, split: Split, device: torch.de
         rate = path.cfg.batch_size / per_batch
         frac = flops * rate / flops_rate[key]
         c = path.cfg
-        desc = (f"batch {c.batch_size}, " + (f"{c.n_negatives} negatives/positive" if c.negatives == "per_row" else
-                f"{c.n_shared_negatives} shared negatives") + f", {c.objective}, dedup {c.dedup}, {c.precision}")
+        desc = f"batch {c.batch_size}, {negatives_text(c)}, {c.objective}, dedup {c.dedup}, {c.precision}"
         out[key] = {"interactions_per_s": rate, "s_per_batch": per_batch, "branch_rows_per_positive": branch_rows,
                     "flops_per_positive": flops, "gemm_flops_per_s": flops_rate[key], "gemm_fraction": frac,
                     "train": desc, "s_per_epoch": per_batch * path.batches_per_epoch}
@@ -326,8 +328,10 @@ def time_to_quality(name: str, inputs: ModelInputs, split: Split, device: torch.
     """Train old and new to `--ttq-epochs` epochs with per-epoch validation; CPU (or wall) seconds
     until validation nDCG@10 first reaches 95 % / 99 % of the old path's best epoch."""
     curves = {}
+    lrs = {"old": args.ttq_lr or 1e-3, "new": args.ttq_lr or TrainConfig().lr}  # each path's default lr unless --ttq-lr
     for key, cfg in (("old", OLD_TRAIN), ("new", new_train(args))):
-        cfg = dataclasses.replace(cfg, device=str(device), epochs=args.ttq_epochs, patience=args.ttq_epochs, lr=args.ttq_lr)
+        cfg = dataclasses.replace(cfg, device=str(device), epochs=args.ttq_epochs, patience=args.ttq_epochs, lr=lrs[key],
+                                  weight_decay=TrainConfig().weight_decay)
         torch.manual_seed(0)
         model = SiBraR(ARCHITECTURES[name], inputs)
         curve = Curve("ndcg@10", args.clock)
@@ -340,7 +344,7 @@ def time_to_quality(name: str, inputs: ModelInputs, split: Split, device: torch.
         out[key] = {"points": points, "best": max(v for _, _, v in points), "time_to_95": t95, "time_to_99": t99}
         fmt = lambda t: "not reached" if t is None else f"{t:,.0f} s"  # noqa: E731
         rows.append(Row("quality", f"{name} {key}: time to 95 % / 99 % of old best", f"{fmt(t95)} / {fmt(t99)}",
-                        f"best valid nDCG@10 {out[key]['best']:.4f} in {args.ttq_epochs} epochs (old best {old_best:.4f}); "
+                        f"best valid nDCG@10 {out[key]['best']:.4f} in {args.ttq_epochs} epochs (old best {old_best:.4f}); lr {lrs[key]:g}; "
                         f"{args.clock} seconds incl. validation", 0.0, "-"))
     result.setdefault("time_to_quality", {})[name] = out
     return rows
@@ -412,9 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="ml-1m", help="fetch name or folder (default ml-1m under $SIBRAR_DATA)")
     parser.add_argument("--new-batch", type=int, default=2048, help="batch size of the new path (default 2048)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="new path's precision (default fp32)")
+    parser.add_argument("--new-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="another train setting of the new path, e.g. negatives=shared (repeatable)")
     parser.add_argument("--ttq", default="", help="architectures to train for time-to-quality, e.g. small (slow: full epochs)")
     parser.add_argument("--ttq-epochs", type=int, default=3)
-    parser.add_argument("--ttq-lr", type=float, default=2e-3, help="lr of both paths in the time-to-quality runs")
+    parser.add_argument("--ttq-lr", type=float, default=None,
+                        help="lr of both paths in the time-to-quality runs (default: each path's default, 1e-3 for the "
+                             "reference at batch 256, TrainConfig's for the new one)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="clock of training steps and time-to-quality: process CPU seconds (default; the machine is shared) or wall; "
                              "wall on cuda")
     parser.add_argument("--skip-catalogue", action="store_true")

@@ -12,6 +12,7 @@ import torch
 
 from sibrar.config import RunConfig, apply_overrides, parse_run_config
 from sibrar.models.base import Batch
+from sibrar.models.losses import sym_infonce
 from sibrar.models.sibrar import SiBraR
 from sibrar.train.run import Prepared, prepare, train_run
 from sibrar.train.sampler import interaction_keys, sample_shared_negatives, shared_negative_mask, training_csr
@@ -92,6 +93,41 @@ def test_shared_negatives_never_include_a_users_own_training_item(planted) -> No
     assert n_masked > 0  # the check had something to catch
 
 
+def test_pooled_negatives_come_from_one_small_pool_per_batch_and_are_never_the_users_own(planted) -> None:
+    base, prep = planted
+    cfg = config(base, "train.epochs=1", "train.negatives=pooled", "train.n_negatives=5", "train.n_shared_negatives=12")
+    torch.manual_seed(0)
+    model = Recording(cfg.model, prep.inputs)
+    model.batches = []
+    Trainer(model, prep.inputs, prep.split, cfg.train, cfg.eval, progress=False).fit()
+    pairs = train_pairs(prep)
+    assert len(model.batches) >= 5
+    pools = set()
+    for batch in model.batches:
+        assert batch.shared is None and batch.items.shape[1] == 1 + 5  # per-row negatives
+        negatives = batch.items[:, 1:]
+        assert len(negatives.unique()) <= 12  # drawn from the batch's pool
+        assert not any((int(u), int(i)) in pairs for u, row in zip(batch.users, negatives) for i in row)
+        pools.add(tuple(negatives.unique().tolist()))
+    assert len(pools) > 1  # a new pool every batch
+
+
+def test_grouped_infonce_is_the_weighted_mean_over_strided_groups() -> None:
+    from sibrar.models.objective import Contrastive, grouped_infonce
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 4, generator=gen), torch.randn(7, 4, generator=gen)
+    w = torch.tensor([1.0, 1, 0, 1, 1, 1, 0])
+    cfg = Contrastive(weight=1.0, temperature=0.5)
+    one = sym_infonce(a, b, temperature=0.5, weights=w)
+    torch.testing.assert_close(grouped_infonce(a, b, w, None, cfg, None), one)
+    torch.testing.assert_close(grouped_infonce(a, b, w, None, cfg, 7), one)
+    groups = [slice(0, None, 3), slice(1, None, 3), slice(2, None, 3)]  # size 3 -> 3 groups of rows g, g+3, ...
+    sums = [sym_infonce(a[g], b[g], temperature=0.5, weights=w[g]) * w[g].sum() for g in groups]
+    torch.testing.assert_close(grouped_infonce(a, b, w, None, cfg, 3), sum(sums) / w.sum())
+    assert not torch.allclose(grouped_infonce(a, b, w, None, cfg, 3), one)  # groups change the negatives
+
+
 def test_bf16_loss_and_gradients_agree_with_fp32(planted) -> None:
     base, prep = planted
     cfg = config(base)
@@ -117,7 +153,7 @@ def test_bf16_loss_and_gradients_agree_with_fp32(planted) -> None:
     assert cosine > 0.99
 
 
-@pytest.mark.parametrize("overrides", [("train.precision=bf16",),
+@pytest.mark.parametrize("overrides", [("train.precision=bf16",), ("train.negatives=pooled",),
                                        ("train.negatives=per_row", "train.dedup=none", "train.objective=bpr")])
 def test_resume_after_a_crash_equals_the_uninterrupted_run(planted, tmp_path, overrides) -> None:
     base, prep = planted

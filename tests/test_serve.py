@@ -9,7 +9,6 @@ SIBRAR_SCREENSHOT=PATH to keep a screenshot of the page after a movie was added.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket

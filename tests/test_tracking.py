@@ -49,7 +49,7 @@ def tiny_config(dataset: Path, epochs: int = 2) -> RunConfig:
         "split": {"protocol": "cold_item", "seed": 2},
         "model": {"name": "sibrar", "dim": 8,
                   "item": {"modalities": ["interactions", "genres", "text"], "common_dim": 8, "branch": {"hidden": [8]}}},
-        "train": {"epochs": epochs, "batch_size": 64, "n_negatives": 3, "patience": 10},
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.001, "n_negatives": 3, "patience": 10},
         "eval": {"ks": [10]},
     })
 
@@ -157,7 +157,7 @@ def cli_store(synthetic_shared_dir: Path, template_db: Path, tmp_path_factory: p
         "data": {"dataset": str(synthetic_shared_dir), "k_core": 0}, "split": {"protocol": "cold_item", "seed": 2},
         "model": {"name": "sibrar", "dim": 8, "item": {"modalities": ["interactions", "genres", "text"], "common_dim": 8,
                                                         "branch": {"hidden": [8]}}},
-        "train": {"epochs": 2, "batch_size": 64, "n_negatives": 3, "patience": 10}, "eval": {"ks": [10]}}), encoding="utf-8")
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.001, "n_negatives": 3, "patience": 10}, "eval": {"ks": [10]}}), encoding="utf-8")
     experiment = folder / "exp.yaml"
     experiment.write_text(yaml.safe_dump({
         "name": "tiny", "base": {"data": {"dataset": str(synthetic_shared_dir), "k_core": 0},

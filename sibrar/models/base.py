@@ -31,6 +31,7 @@ class Batch:
     shared_mask: Tensor | None = None  # (B, S) bool: True where shared[s] is a training item of users[b]
     objective: Literal["bpr", "softmax"] = "bpr"  # pairwise BPR, or sampled softmax (CE of the positive)
     dedup: Literal["entities", "rows", "none"] = "entities"
+    contrastive_group: int | None = None  # InfoNCE over groups of at most this many rows (not per-row grids)
 
 
 @dataclass(frozen=True)

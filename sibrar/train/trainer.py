@@ -111,13 +111,27 @@ class Trainer:
         """Shared negatives where the config asks for them and the model's loss reads them."""
         return self.config.negatives == "shared" and self.model.supports_shared_negatives
 
+    def epoch_negatives(self, users: Tensor, gen: torch.Generator) -> Tensor | None:
+        """(len(users), n_negatives) per-row negatives for an epoch's rows (the reference step), or
+        None where every batch draws its own (shared and pooled)."""
+        if self.shares_negatives or self.config.negatives == "pooled":
+            return None
+        return sample_negatives(users, self.config.n_negatives, candidates=self.candidates, positive_keys=self.keys,
+                                n_items=self.inputs.n_items, generator=gen)
+
     def _batch(self, users: Tensor, pos: Tensor, negatives: Tensor | None, gen: torch.Generator) -> Batch:
         cfg = self.config
+        if negatives is None and cfg.negatives == "pooled":  # each row's own negatives, from one pool per batch
+            pool = sample_shared_negatives(cfg.n_shared_negatives, candidates=self.candidates, generator=gen)
+            negatives = sample_negatives(users, cfg.n_negatives, candidates=pool, positive_keys=self.keys,
+                                         n_items=self.inputs.n_items, generator=gen)
         if negatives is not None:
-            return Batch(users, torch.cat([pos[:, None], negatives], dim=1), objective=cfg.objective, dedup=cfg.dedup)
+            return Batch(users, torch.cat([pos[:, None], negatives], dim=1), objective=cfg.objective, dedup=cfg.dedup,
+                         contrastive_group=cfg.contrastive_group)
         shared = sample_shared_negatives(cfg.n_shared_negatives, candidates=self.candidates, generator=gen)
         mask = shared_negative_mask(users, shared, *self.train_csr, n_items=self.inputs.n_items)
-        return Batch(users, pos[:, None], shared=shared, shared_mask=mask, objective=cfg.objective, dedup=cfg.dedup)
+        return Batch(users, pos[:, None], shared=shared, shared_mask=mask, objective=cfg.objective, dedup=cfg.dedup,
+                     contrastive_group=cfg.contrastive_group)
 
     def _validate(self) -> dict[str, float]:
         """Validation metrics; called through `run_on_main`, so only rank 0 evaluates."""
@@ -140,10 +154,7 @@ class Trainer:
             gen = torch.Generator(device=self.device).manual_seed(rank_seed)
             self.model.generator = gen  # type: ignore[assignment]
         users, pos = self.users[order], self.pos_items[order]
-        shared = self.shares_negatives
-        negatives = None if shared else sample_negatives(
-            users, cfg.n_negatives, candidates=self.candidates, positive_keys=self.keys, n_items=self.inputs.n_items,
-            generator=gen)
+        negatives = self.epoch_negatives(users, gen)
         sums: dict[str, Any] = {}  # running sums as tensors: no host-device sync per batch
         sync = self.device.type == "cpu"
         n_batches = math.ceil(len(users) / batch_size)  # the same on every rank (equal shards)
