@@ -82,6 +82,44 @@ def time_to(points: list[tuple[int, float, float]], level: float) -> float | Non
     return next((t for _, t, v in points if v >= level), None)
 
 
+def mean_curve(curves: list[list[tuple[int, float, float]]]) -> list[tuple[int, float, float]]:
+    """(epoch, mean seconds, mean value) over the epochs that every curve reached."""
+    n = min(len(c) for c in curves)
+    return [(curves[0][i][0], sum(c[i][1] for c in curves) / len(curves), sum(c[i][2] for c in curves) / len(curves))
+            for i in range(n)]
+
+
+def time_to_quality(curves: dict[str, Any]) -> dict[str, Any]:
+    """Per group of curves (one run or one merged file, "name (file)"): each curve's seconds to 95 % /
+    99 % of the best value of the group's reference curve (the one whose name starts with "old"), and
+    that time as a fraction of the seconds the reference took to reach its own best."""
+    groups: dict[str, dict[str, Any]] = {}
+    for name, c in curves.items():
+        c["points"] = [tuple(p) for p in c["points"]]
+        variant, _, group = name.partition(" ")
+        groups.setdefault(group, {})[variant] = c
+    if len(groups) > 1:  # several seeds: also the mean curve (per epoch index, over the epochs every seed ran)
+        variants = set.intersection(*(set(m) for m in groups.values()))
+        groups["(mean over seeds)"] = {v: {"points": mean_curve([groups[g][v]["points"] for g in list(groups)])}
+                                       for v in variants}
+    summary: dict[str, Any] = {}
+    for group, members in groups.items():
+        ref = next((v for k, v in members.items() if k.startswith("old")), None)
+        if ref is None:
+            continue
+        ref_best = max(v for _, _, v in ref["points"])
+        ref_time = next(t for _, t, v in ref["points"] if v == ref_best)
+        for variant, c in members.items():
+            t95, t99 = time_to(c["points"], 0.95 * ref_best), time_to(c["points"], 0.99 * ref_best)
+            row = {"best": max(v for _, _, v in c["points"]), "reference_best": ref_best, "reference_time": ref_time,
+                   "time_to_95": t95, "time_to_99": t99, "fraction_99": None if t99 is None else t99 / ref_time}
+            summary[f"{variant} {group}".strip()] = row
+            fmt = lambda t: "not reached" if t is None else f"{t:.0f} s ({t / ref_time:.2f}x)"  # noqa: E731
+            print(f"{variant:>10} {group}: best {row['best']:.4f}; to 95 % / 99 % of the reference's best {ref_best:.4f}: "
+                  f"{fmt(t95)} / {fmt(t99)} (the reference reaches its best at {ref_time:.0f} s)")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment")
@@ -127,17 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         best = max(v for _, _, v in points)
         print(f"{name:>10}: best valid nDCG@10 {best:.4f} after {points[-1][1]:.0f} s ({len(points) - 1} epochs); "
               f"load {load:.2f}; " + " ".join(f"{t:.0f}s:{v:.4f}" for _, t, v in points), flush=True)
-    summary: dict[str, Any] = {}
-    for name, c in curves.items():
-        c["points"] = [tuple(p) for p in c["points"]]
-    if "old" in curves:
-        old_best = max(v for _, _, v in curves["old"]["points"])
-        old_time = next(t for _, t, v in curves["old"]["points"] if v == old_best)
-        for name, c in curves.items():
-            t95, t99 = time_to(c["points"], 0.95 * old_best), time_to(c["points"], 0.99 * old_best)
-            summary[name] = {"best": max(v for _, _, v in c["points"]), "time_to_95": t95, "time_to_99": t99}
-            print(f"{name:>10}: to 95 % of old best ({0.95 * old_best:.4f}) {t95 if t95 is None else round(t95, 1)} s, "
-                  f"to 99 % {t99 if t99 is None else round(t99, 1)} s (old reaches its best {old_best:.4f} at {old_time:.0f} s)")
+    summary = time_to_quality(curves)
     if args.json:
         payload = {"command": " ".join(sys.argv), "clock": args.clock, "commit": commit(), "machine": machine(), "curves": curves,
                    "summary": summary}

@@ -5,6 +5,7 @@ Run by hand (never part of the test suite):
     python benchmarks/train_speed.py --threads 1 --json speed.json   # CPU, 20 timed batches per path
     python benchmarks/train_speed.py --quick --skip-catalogue         # 3 timed batches
     python benchmarks/train_speed.py --ttq small --ttq-epochs 3       # plus time-to-quality (full epochs: slow)
+    python benchmarks/train_speed.py --ttq small,paper --ttq-reference old.json   # the old curves of an earlier run
     python benchmarks/train_speed.py --device cuda --batches 50 --clock wall
 
 Stages
@@ -26,8 +27,9 @@ Stages
   3. Per-epoch validation (`evaluate(valid)`, as the trainer calls it) against the score GEMM of all
      users x all items, alternating; then test-set users/s for both candidate protocols ('split' = the
      cold items of the test part, as in the paper; 'all' items), all default metrics at k = 10, 20.
-  3b. With `--ttq ARCH`: both paths trained for `--ttq-epochs` full epochs with validation after
-     each; seconds until validation nDCG@10 first reaches 95 % / 99 % of the old path's best epoch.
+  3b. With `--ttq ARCH`: the old path trained for `--ttq-epochs` full epochs (each path at its default
+     lr), then the new path for at most the same seconds, both validated after every epoch; seconds
+     until validation nDCG@10 first reaches 95 % / 99 % of the old path's best epoch.
   4. `topk_items` on a generated 1M-item catalogue (random N(0,1) embeddings, d=128, SYNTHETIC) with a
      CSR exclusion of 165 random items per user (ML-1M's mean training profile), k = 20.
 Peak memory per stage: VmHWM (resident set incl. torch, the data and earlier models), reset before each stage (/proc/self/clear_refs) when the kernel allows it,
@@ -323,29 +325,62 @@ def time_evaluation(model: SiBraR, inputs: ModelInputs, split: Split, device: to
     return rows
 
 
+class _Done(Exception):
+    """Raised by `Budget` to end a time-to-quality run."""
+
+
+class Budget(Curve):
+    """A Curve that ends training once validation reaches `target` or the clock passes `seconds`."""
+
+    def __init__(self, monitor: str, clock: str, target: float, seconds: float) -> None:
+        super().__init__(monitor, clock)
+        self.target, self.seconds = target, seconds
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        super().on_epoch_end(epoch, logs)
+        if epoch >= 0 and (logs[self.monitor] >= self.target or self.points[-1][1] >= self.seconds):
+            raise _Done
+
+
 def time_to_quality(name: str, inputs: ModelInputs, split: Split, device: torch.device, args: argparse.Namespace,
                     result: dict) -> list[Row]:
-    """Train old and new to `--ttq-epochs` epochs with per-epoch validation; CPU (or wall) seconds
-    until validation nDCG@10 first reaches 95 % / 99 % of the old path's best epoch."""
-    curves = {}
+    """The old path trained for `--ttq-epochs` epochs (or its curve read from `--ttq-reference`, a JSON
+    this benchmark wrote); then the new path with the same time budget, stopping as soon as it reaches
+    99 % of the old path's best. CPU (or wall) seconds until validation nDCG@10 first reaches 95 % /
+    99 % of the old best, both including the per-epoch validation."""
     lrs = {"old": args.ttq_lr or 1e-3, "new": args.ttq_lr or TrainConfig().lr}  # each path's default lr unless --ttq-lr
-    for key, cfg in (("old", OLD_TRAIN), ("new", new_train(args))):
-        cfg = dataclasses.replace(cfg, device=str(device), epochs=args.ttq_epochs, patience=args.ttq_epochs, lr=lrs[key],
-                                  weight_decay=TrainConfig().weight_decay)
+    cfgs = {key: dataclasses.replace(cfg, device=str(device), lr=lrs[key], weight_decay=TrainConfig().weight_decay)
+            for key, cfg in (("old", OLD_TRAIN), ("new", new_train(args)))}
+    curves: dict[str, list] = {}
+    reused = args.ttq_reference and name in json.loads(Path(args.ttq_reference).read_text()).get("time_to_quality", {})
+    if reused:
+        curves["old"] = [tuple(p) for p in json.loads(Path(args.ttq_reference).read_text())["time_to_quality"][name]["old"]["points"]]
+    old_epochs = args.ttq_epochs
+    for key in ("old", "new") if not reused else ("new",):
+        if key == "old":
+            cfg, callback = dataclasses.replace(cfgs[key], epochs=old_epochs, patience=old_epochs), Curve("ndcg@10", args.clock)
+        else:
+            old_best = max(v for _, _, v in curves["old"])
+            cfg = dataclasses.replace(cfgs[key], epochs=1000, patience=1000)
+            callback = Budget("ndcg@10", args.clock, 0.99 * old_best, curves["old"][-1][1])
         torch.manual_seed(0)
         model = SiBraR(ARCHITECTURES[name], inputs)
-        curve = Curve("ndcg@10", args.clock)
-        Trainer(model, inputs, split, cfg, EvalConfig(), callbacks=[curve], progress=False).fit()
-        curves[key] = curve.points
+        try:
+            Trainer(model, inputs, split, cfg, EvalConfig(), callbacks=[callback], progress=False).fit()
+        except _Done:
+            pass
+        curves[key] = callback.points
     old_best = max(v for _, _, v in curves["old"])
-    rows, out = [], {}
+    rows, out = [], {"reference_from": args.ttq_reference if reused else None}
     for key, points in curves.items():
         t95, t99 = time_to(points, 0.95 * old_best), time_to(points, 0.99 * old_best)
-        out[key] = {"points": points, "best": max(v for _, _, v in points), "time_to_95": t95, "time_to_99": t99}
+        out[key] = {"points": points, "best": max(v for _, _, v in points), "time_to_95": t95, "time_to_99": t99,
+                    "lr": lrs[key]}
         fmt = lambda t: "not reached" if t is None else f"{t:,.0f} s"  # noqa: E731
+        source = f"; curve from {args.ttq_reference}" if key == "old" and reused else ""
         rows.append(Row("quality", f"{name} {key}: time to 95 % / 99 % of old best", f"{fmt(t95)} / {fmt(t99)}",
-                        f"best valid nDCG@10 {out[key]['best']:.4f} in {args.ttq_epochs} epochs (old best {old_best:.4f}); lr {lrs[key]:g}; "
-                        f"{args.clock} seconds incl. validation", 0.0, "-"))
+                        f"best valid nDCG@10 {out[key]['best']:.4f} in {len(points) - 1} epochs, {points[-1][1]:,.0f} s "
+                        f"(old best {old_best:.4f}); lr {lrs[key]:g}; {args.clock} seconds incl. validation{source}", 0.0, "-"))
     result.setdefault("time_to_quality", {})[name] = out
     return rows
 
@@ -419,7 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-set", action="append", default=[], metavar="FIELD=VALUE",
                         help="another train setting of the new path, e.g. negatives=shared (repeatable)")
     parser.add_argument("--ttq", default="", help="architectures to train for time-to-quality, e.g. small (slow: full epochs)")
-    parser.add_argument("--ttq-epochs", type=int, default=3)
+    parser.add_argument("--ttq-epochs", type=int, default=3, help="epochs of the old path (the new one gets its time)")
+    parser.add_argument("--ttq-reference", metavar="JSON",
+                        help="read the old path's curves from an earlier --json of this benchmark instead of training it "
+                             "(the paper architecture's take ~20 min per epoch on 2 CPU cores)")
     parser.add_argument("--ttq-lr", type=float, default=None,
                         help="lr of both paths in the time-to-quality runs (default: each path's default, 1e-3 for the "
                              "reference at batch 256, TrainConfig's for the new one)")

@@ -59,6 +59,18 @@ class Recording(SiBraR):
         return super().loss(batch)
 
 
+def recorded_batches(planted, *overrides: str) -> tuple[list[Batch], set[tuple[int, int]]]:
+    """Every batch one epoch of the trainer builds with `overrides`, and the training (user, item) pairs."""
+    base, prep = planted
+    cfg = config(base, *overrides)
+    torch.manual_seed(0)
+    model = Recording(cfg.model, prep.inputs)
+    model.batches = []
+    Trainer(model, prep.inputs, prep.split, cfg.train, cfg.eval, progress=False).fit()
+    assert len(model.batches) >= 5
+    return model.batches, train_pairs(prep)
+
+
 def test_shared_negative_mask_equals_a_loop(planted, rng) -> None:
     _, prep = planted
     train = prep.split.train
@@ -76,16 +88,9 @@ def test_shared_negative_mask_equals_a_loop(planted, rng) -> None:
 
 def test_shared_negatives_never_include_a_users_own_training_item(planted) -> None:
     """Every batch the trainer builds: unmasked shared negatives are never the user's training items."""
-    base, prep = planted
-    cfg = config(base, "train.epochs=1")
-    torch.manual_seed(0)
-    model = Recording(cfg.model, prep.inputs)
-    model.batches = []
-    Trainer(model, prep.inputs, prep.split, cfg.train, cfg.eval, progress=False).fit()
-    pairs = train_pairs(prep)
-    assert len(model.batches) >= 5
+    batches, pairs = recorded_batches(planted, "train.epochs=1")
     n_masked = 0
-    for batch in model.batches:
+    for batch in batches:
         assert batch.shared is not None and batch.shared_mask is not None and batch.items.shape[1] == 1
         own = torch.tensor([[(int(u), int(i)) in pairs for i in batch.shared] for u in batch.users])
         assert torch.equal(batch.shared_mask, own)  # masked exactly where the item is the user's own
@@ -94,16 +99,10 @@ def test_shared_negatives_never_include_a_users_own_training_item(planted) -> No
 
 
 def test_pooled_negatives_come_from_one_small_pool_per_batch_and_are_never_the_users_own(planted) -> None:
-    base, prep = planted
-    cfg = config(base, "train.epochs=1", "train.negatives=pooled", "train.n_negatives=5", "train.n_shared_negatives=12")
-    torch.manual_seed(0)
-    model = Recording(cfg.model, prep.inputs)
-    model.batches = []
-    Trainer(model, prep.inputs, prep.split, cfg.train, cfg.eval, progress=False).fit()
-    pairs = train_pairs(prep)
-    assert len(model.batches) >= 5
+    batches, pairs = recorded_batches(planted, "train.epochs=1", "train.negatives=pooled", "train.n_negatives=5",
+                                      "train.n_shared_negatives=12")
     pools = set()
-    for batch in model.batches:
+    for batch in batches:
         assert batch.shared is None and batch.items.shape[1] == 1 + 5  # per-row negatives
         negatives = batch.items[:, 1:]
         assert len(negatives.unique()) <= 12  # drawn from the batch's pool
