@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sibrar.config import RunConfig, apply_overrides, parse_run_config
+from sibrar.config import apply_overrides
 from sibrar.models.base import Batch
 from sibrar.models.losses import sym_infonce
 from sibrar.models.sibrar import SiBraR
@@ -19,24 +19,17 @@ from sibrar.train.sampler import interaction_keys, sample_shared_negatives, shar
 from sibrar.train.trainer import LAST, Trainer
 
 from _planted import write_planted
-from test_trainer import StopAfter
+from test_trainer import StopAfter, config
+from test_trainer import base_config as trainer_base_config
+
+
+# test_trainer's planted-data run with a deeper branch and the shared step (its n_negatives back to the default)
+FAST = ("model.item.branch.hidden=[16, 16]", "train.epochs=3", "train.n_negatives=10", "train.negatives=shared",
+        "train.n_shared_negatives=24", "train.objective=softmax", "train.dedup=entities", "eval.metrics=[ndcg]")
 
 
 def base_config(dataset: Path) -> dict[str, Any]:
-    return {
-        "data": {"dataset": str(dataset), "k_core": 0},
-        "split": {"protocol": "random", "seed": 5},
-        "model": {"name": "sibrar", "dim": 16,
-                  "item": {"modalities": ["interactions", "genres"], "common_dim": 16, "contrastive_weight": 0.01,
-                           "branch": {"hidden": [16, 16], "input_dropout": 0.1}}},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 0.01, "negatives": "shared", "n_shared_negatives": 24,
-                  "objective": "softmax", "dedup": "entities", "patience": 10},
-        "eval": {"ks": [10], "metrics": ["ndcg"]},
-    }
-
-
-def config(base: dict[str, Any], *overrides: str) -> RunConfig:
-    return parse_run_config(apply_overrides(base, overrides))
+    return apply_overrides(trainer_base_config(dataset), FAST)
 
 
 @pytest.fixture(scope="module")
