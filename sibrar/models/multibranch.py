@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from sibrar.data.inputs import ModelInputs
 from sibrar.data.modalities import EntityFeatures
 from sibrar.models.base import FULL_VIEW, Batch, Model, View, register_model
-from sibrar.models.objective import Pair, two_tower_loss
+from sibrar.models.objective import Pair
 from sibrar.models.modules import SharedBranch
-from sibrar.models.sibrar import Tower, TowerConfig, contrastive_of
+from sibrar.models.sibrar import Tower, TowerConfig, towers_loss
 
 
 
@@ -82,8 +82,7 @@ class BranchTower(Tower):
                      unique_rows: bool = False) -> tuple[Tensor, list[Pair]]:
         """Training forward: (embedding (N, d), the modality pairs for the contrastive term)."""
         if self.config.sampling != "none":
-            emb, z, distinct = self.sample(entities, generator, unique_rows)
-            return emb, ([] if z is None else [(z[:, 0], z[:, 1], distinct)])
+            return super().sample_views(entities, generator, unique_rows)
         available = self.available[entities][:, self.train_idx]  # (N, M)
         ent, col = available.nonzero(as_tuple=True)
         if ent.numel() == 0:
@@ -112,10 +111,7 @@ class MultiBranch(Model):
         self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        rows = batch.dedup == "rows"
-        return two_tower_loss(batch, lambda e: self.user_tower.sample_views(e, self.generator, rows),
-                              lambda e: self.item_tower.sample_views(e, self.generator, rows),
-                              contrastive_of(self.user_tower.config), contrastive_of(self.item_tower.config))
+        return towers_loss(batch, self.user_tower, self.item_tower, self.generator)
 
     def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:
         return self.user_tower.embed(users, view.user)

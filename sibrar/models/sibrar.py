@@ -8,7 +8,6 @@ modality embeddings. Inference: mean over all available eval modalities, so a co
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -153,6 +152,12 @@ class Tower(nn.Module):
         emb, z = self.encode_draws(entities, chosen, has_any, unique_rows)
         return emb, z, distinct
 
+    def sample_views(self, entities: Tensor, generator: torch.Generator | None,
+                     unique_rows: bool = False) -> tuple[Tensor, list[Pair]]:
+        """Training forward: (embedding (N, d), the modality pairs for the contrastive term)."""
+        emb, z, distinct = self.sample(entities, generator, unique_rows)
+        return emb, ([] if z is None else [(z[:, 0], z[:, 1], distinct)])
+
     def embed(self, entities: Tensor, view: SideView) -> Tensor:
         """Inference: mean of branch outputs over the eval modalities each entity may use under `view`."""
         names = list(view.modalities) if view.modalities is not None else self.eval_names
@@ -196,21 +201,21 @@ class SiBraR(Model):
         self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
-        rows = batch.dedup == "rows"
-        return two_tower_loss(batch, self._views(self.user_tower, rows), self._views(self.item_tower, rows),
-                              contrastive_of(self.user_tower.config), contrastive_of(self.item_tower.config))
-
-    def _views(self, tower: Tower, unique_rows: bool) -> Callable[[Tensor], tuple[Tensor, list[Pair]]]:
-        def encode(entities: Tensor) -> tuple[Tensor, list[Pair]]:
-            emb, z, distinct = tower.sample(entities, self.generator, unique_rows)
-            return emb, ([] if z is None else [(z[:, 0], z[:, 1], distinct)])
-        return encode
+        return towers_loss(batch, self.user_tower, self.item_tower, self.generator)
 
     def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:
         return self.user_tower.embed(users, view.user)
 
     def item_embeddings(self, items: Tensor, view: View = FULL_VIEW) -> Tensor:
         return self.item_tower.embed(items, view.item)
+
+
+def towers_loss(batch: Batch, user_tower: Tower, item_tower: Tower, generator: torch.Generator | None) -> dict[str, Tensor]:
+    """The two-tower objective of SiBraR and the multi-branch ablation, through each tower's `sample_views`."""
+    rows = batch.dedup == "rows"
+    return two_tower_loss(batch, lambda e: user_tower.sample_views(e, generator, rows),
+                          lambda e: item_tower.sample_views(e, generator, rows),
+                          contrastive_of(user_tower.config), contrastive_of(item_tower.config))
 
 
 def contrastive_of(config: TowerConfig) -> Contrastive:
