@@ -1,6 +1,6 @@
 """Ranking metrics: per-user accuracy (nDCG, recall, ...) and catalogue-level beyond-accuracy metrics.
 
-Definitions follow SIBRAR_SPEC 7.2 (the `rmet` library of the reference code), with binary relevance
+Definitions follow the `rmet` library of the SiBraR reference code, with binary relevance
 and 1-based ranks j; ``rel`` is the user's set of relevant items, ``r_j`` the relevance at rank j:
 
 =============  ===================================================================================

@@ -42,7 +42,7 @@ def topk_items(
     Ties: items are ordered by (score, tie key) lexicographically, where the tie key is a 62-bit
     hash of (seed, user index, item index) and the seed is drawn once from ``generator`` (a fixed
     seed when ``None``, so evaluation is reproducible). Exactly tied items are therefore shuffled
-    independently per user -- never by index order, unlike ``torch.topk`` (SIBRAR_SPEC 12.4 #17)
+    independently per user -- never by index order, unlike ``torch.topk``
     -- while distinct scores keep their exact order. The order of two tied items depends on
     neither the chunk sizes nor the other candidates, so results are identical for any chunking.
 

@@ -63,7 +63,7 @@ def best_model_significance(
 ) -> SignificanceResult:
     """Test the best-mean model against every other one on per-user values of one metric.
 
-    The reference protocol (SIBRAR_SPEC 7.3): take the model with the best mean, run a paired
+    The reference code's protocol: take the model with the best mean, run a paired
     two-sided t-test against each other model, and call it significantly better than all ("dagger"
     in the tables) when every p-value is below ``alpha / (n_models - 1)`` (Bonferroni) and every
     paired mean difference favours it.
