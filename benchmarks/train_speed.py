@@ -11,7 +11,7 @@ Run by hand (never part of the test suite):
 Stages
   1. ML-1M (ratings >= 3, 5-core, cold_item split, seed 42) is loaded and split (not timed here; see
      benchmarks/data_speed.py).
-  2. Training speed for two architectures: `paper` = the item-SiBraR of spec §3.3/§13 (item tower
+  2. Training speed for two architectures: `paper` = the paper's item-SiBraR (item tower
      c=512, g = [512,512,512,256,256] -> d=128, BatchNorm every 2nd linear, output ReLU, input L2 +
      dropout 0.02, pairwise sampling over {interactions, genres} + InfoNCE; user tower = interactions
      Lin->ReLU to 128, then L2, Lin(128,128), BN, ReLU), and `small` (c=d=64, g=[64]; user tower plain

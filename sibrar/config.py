@@ -226,7 +226,7 @@ def _join(where: str, key: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Optimisation and model selection (spec §4.4). Hyperparameters; `device` is a run-time option."""
+    """Optimisation and model selection. Hyperparameters; `device` is a run-time option."""
 
     epochs: int = 50
     batch_size: int = 2048  # the fast step's rows per positive fall with the batch (the paper: 256, lr 1e-3)

@@ -26,7 +26,8 @@ from sibrar.eval.evaluator import evaluate, parse_view
 from sibrar.eval.metrics import METRICS
 from sibrar.report.tables import write_results
 from sibrar.results import DEFAULT_TABLE, LOWER_IS_BETTER, ModelOutcome, lower_is_better, significance
-from sibrar.train.run import RunResult, can_continue, load_finished_run, prepare, torch_threads, train_run
+from sibrar.train.run import (RunResult, can_continue, load_finished_run, prepare, torch_threads, train_run,
+                              write_views_per_user)
 from sibrar.train.trainer import Callback
 
 __all__ = ["DEFAULT_TABLE", "LOWER_IS_BETTER", "Experiment", "ModelOutcome", "ModelSpec", "load_experiment",
@@ -203,12 +204,16 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
                                result.valid.summary, result.test.per_user, result.test.users, result.train.history,
                                seconds=seconds, best_epoch=result.train.best_epoch,
                                tuning=dict(tuning["models"][spec.label]) if tuning else None)
+        view_results = {}
         for view_spec in experiment.views:
             view = parse_view(view_spec, prep.inputs.n_users, prep.inputs.n_items, seed=spec.config.eval.seed,
                               modalities=known)
             with torch_threads(spec.config.train.threads):  # as in training: scores depend on the thread count
-                outcome.views[view_spec] = evaluate(result.model, prep.inputs, prep.split, "test", spec.config.eval,
-                                                    view=view).summary
+                view_results[view_spec] = evaluate(result.model, prep.inputs, prep.split, "test", spec.config.eval,
+                                                   view=view)
+            outcome.views[view_spec] = view_results[view_spec].summary
+        if result.run_dir is not None:
+            write_views_per_user(result.run_dir, view_results)
         log(f"    test ndcg@10 {outcome.test.get('ndcg@10', float('nan')):.4f}  recall@10 {outcome.test.get('recall@10', float('nan')):.4f}"
             f"  ({seconds:.0f} s, best epoch {outcome.best_epoch})")
         outcomes.append(outcome)

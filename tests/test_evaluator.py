@@ -1,4 +1,4 @@
-"""The evaluator masks what it must (spec §7.1), ranks only candidates, and equals a dense oracle."""
+"""The evaluator masks what it must, ranks only candidates, and equals a dense oracle."""
 
 from __future__ import annotations
 

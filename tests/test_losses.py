@@ -1,4 +1,4 @@
-"""Losses against values worked out by hand: BPR and the symmetric InfoNCE (spec §4.3)."""
+"""Losses against values worked out by hand: BPR and the symmetric InfoNCE."""
 
 from __future__ import annotations
 
@@ -205,4 +205,4 @@ def test_temperature_below_the_supported_minimum_is_an_error_not_a_clamp():
     a = torch.randn(3, 4)
     with pytest.raises(ValueError, match="below the supported minimum"):
         sym_infonce(a, a, temperature=MIN_TEMPERATURE / 2)
-    assert MIN_TEMPERATURE == 1e-3  # the paper's search range starts there (spec §4.5)
+    assert MIN_TEMPERATURE == 1e-3  # the paper's search range starts there

@@ -36,7 +36,7 @@ def test_item_branch_keeps_batchnorm_before_relu_every_second_layer():
     config = BranchConfig(hidden=(512, 512, 512, 256, 256), input_dropout=0.02)
     L, B, R = nn.Linear, nn.BatchNorm1d, nn.ReLU  # noqa: N806
     assert layer_types(SharedBranch(512, 128, config)) == [
-        nn.Dropout, L, R, L, B, R, L, R, L, B, R, L, R, L, B, R]  # spec §3.3, k = 2 with six linears
+        nn.Dropout, L, R, L, B, R, L, R, L, B, R, L, R, L, B, R]  # BN after every k = 2 linears, six linears
 
 
 def test_single_layer_branch_with_norm_every_two_has_no_batchnorm():

@@ -1,4 +1,4 @@
-"""Modality sampling (spec §4.2) and negative sampling (§4.1): only allowed picks, seeded, uniform."""
+"""Modality sampling and negative sampling: only allowed picks, seeded, uniform."""
 
 from __future__ import annotations
 

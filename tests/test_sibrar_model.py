@@ -1,4 +1,4 @@
-"""SiBraR: a known-answer checkerboard for warm and cold items, and missing-modality views (spec §3-5)."""
+"""SiBraR: a known-answer checkerboard for warm and cold items, and missing-modality views."""
 
 from __future__ import annotations
 
@@ -302,7 +302,7 @@ def test_paper_user_tower_is_the_default_and_its_embeddings_take_negative_values
         users = model.user_embeddings(torch.arange(prep.inputs.n_users))
         items = model.all_item_embeddings()
     assert (users < 0).float().mean() > 0.2  # Lin -> ReLU -> BN: centred by BatchNorm, both signs
-    assert (items >= 0).all()  # the item branch still ends in a ReLU (spec §3.3)
+    assert (items >= 0).all()  # the item branch still ends in a ReLU
     plain = dataclasses.replace(prep.config.model.user.branch, norm_position="before")
     old_order = dataclasses.replace(prep, config=dataclasses.replace(prep.config, model=dataclasses.replace(
         prep.config.model, user=dataclasses.replace(prep.config.model.user, branch=plain))))

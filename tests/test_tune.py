@@ -203,8 +203,9 @@ def test_a_changed_search_file_does_not_join_an_old_study(tmp_path: Path, signal
     out = tmp_path / "out"
     open_study(load_search(search_file(tmp_path, signal_dir)), open_storage(None, out), "s")
     changed = load_search(search_file(tmp_path, signal_dir, {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1}}))
-    with pytest.raises(ConfigError, match="different search file"):
+    with pytest.raises(ConfigError, match="different search") as error:
         open_study(changed, open_storage(None, out), "s")
+    assert "first difference: space.model.dim" in str(error.value)  # the new file searches lr only
 
 
 # ------------------------------------------------------------------------------------ PostgreSQL

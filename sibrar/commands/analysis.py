@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     seeds.add_argument("--out", required=True, help="folder for seeds.{md,csv,json}")
     seeds.add_argument("--metrics", help="comma-separated test metrics (default precision@10,recall@10,ndcg@10,map@10,coverage@10)")
     seeds.add_argument("--title", default="Spread over seeds", help="heading of seeds.md")
+    seeds.add_argument("--pair", action="append", default=[], metavar="A,B",
+                       help="head-to-head paired tests of model A against model B on every metric and on the loss "
+                            "under each missing-modality view, e.g. --pair SiBraR,Multi-branch (repeatable)")
     seeds.set_defaults(func=_seeds)
 
 
@@ -320,12 +323,19 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_pair(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(",")
+    if not sep or not a.strip() or not b.strip() or "," in b:
+        raise ConfigError(f"--pair {text!r}: expected two model labels separated by one comma, e.g. SiBraR,Multi-branch")
+    return a.strip(), b.strip()
+
+
 def _seeds(args: argparse.Namespace) -> int:
     from sibrar.report.grid import load_results_folder, parse_metrics
     from sibrar.report.seeds import summarise_seeds, write_seeds
 
     folders = [load_results_folder(p) for p in args.results_dirs]
-    summary = summarise_seeds(folders, parse_metrics(args.metrics))
+    summary = summarise_seeds(folders, parse_metrics(args.metrics), [_parse_pair(p) for p in args.pair])
     print(write_seeds(Path(args.out), summary, title=args.title))
     print(f"written {args.out}/seeds.{{md,csv,json}}  ({len(summary.models)} models x {len(folders)} runs)")
     return 0

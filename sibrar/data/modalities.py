@@ -163,7 +163,7 @@ def vector(name: str, vectors: np.ndarray, available: np.ndarray) -> Modality:
 def fit_scale(modality: Modality, fit_rows: torch.Tensor | np.ndarray | None = None) -> Modality:
     """Min-max scale a numeric modality to [0, 1] using only `fit_rows` (e.g. training entities).
 
-    Cold-start splits fit on training entities only (spec §6.4), so held-out values never shape
+    Cold-start splits fit on training entities only, so held-out values never shape
     the scaler; values outside the fitted range are clipped to [0, 1]. Per column, the quantiles and
     the mean / std of the scaled training values are kept too (same rows), for the numeric encodings.
     """

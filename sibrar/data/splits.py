@@ -1,4 +1,4 @@
-"""Train/valid/test splits: random, temporal, cold_item, cold_user, cold_both (spec §6.3).
+"""Train/valid/test splits: random, temporal, cold_item, cold_user, cold_both.
 
 Each protocol is a pure function of the interactions, the ratios and a seeded generator. A split is
 persisted as RecBole benchmark files (`<ds>.train.inter`, `<ds>.valid.inter`, `<ds>.test.inter`)

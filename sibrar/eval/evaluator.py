@@ -47,7 +47,7 @@ def evaluate(
 ) -> EvalResult:
     """Rank the candidate items for every user with >= 1 interaction in `part`.
 
-    Training items are masked, and validation items too when evaluating `test` (spec §7.1).
+    Training items are masked, and validation items too when evaluating `test`.
     Interaction modalities always come from the training part only.
     """
     truth, users, exclude, candidates = _targets(split, part, config.candidates)

@@ -1,4 +1,4 @@
-"""Modality gap: how close an item's own modality embeddings are, against other items' (spec §10, TORS'25).
+"""Modality gap: how close an item's own modality embeddings are, against other items' (the TORS'25 follow-up's analysis).
 
 Each item is embedded from one modality at a time (a single-modality view: one branch output of
 SiBraR's shared g, or of the multi-branch model's g_m). For every modality pair (a, b) and the items

@@ -4,7 +4,7 @@ For one modality m and fractions f_1 < f_2 < ..., the items that lose m at f_1 a
 one seeded permutation of the test items that have m, and fraction f removes its first
 round(f · n) items. The curve therefore only ever removes more, and every model sees the same items
 removed. (`evaluator.missing_view` draws each fraction independently, so its sets do not nest.)
-No retraining: each point is one `evaluate` under a view (spec §5, "missing modality").
+No retraining: each point is one `evaluate` under a view ("missing modality").
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sibrar.models.base import FULL_VIEW, Model, SideView, View
 
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 # SRMM (arXiv 2408.07445, Table I), UPMC Food-101 accuracy %: complete modalities vs text present for
-# 30 % of test samples (spec §8.3). Another task and metric: context for the relative drop only.
+# 30 % of test samples. Another task and metric: context for the relative drop only.
 FOOD101_REFERENCE = (("ViLT", 91.9, 65.9), ("SRMM (single-branch)", 94.6, 84.8))
 REFERENCE_FRACTION = 0.7  # "text present for 30 % of test samples"
 
@@ -163,7 +163,7 @@ def points_to_rows(points: Sequence[RobustnessPoint], metrics: Sequence[str]) ->
 def robustness_markdown(rows: Sequence[dict[str, object]], metric: str, *, title: str,
                         reference: float = REFERENCE_FRACTION) -> str:
     """Per modality: `metric` at each fraction; then the relative change at `reference` next to the
-    Food-101 numbers of spec §8.3."""
+    Food-101 numbers."""
     modalities = list(dict.fromkeys(str(r["modality"]) for r in rows))
     models = list(dict.fromkeys(str(r["model"]) for r in rows))
     fractions = sorted({float(r["fraction_missing"]) for r in rows})  # type: ignore[arg-type]
@@ -203,7 +203,7 @@ def robustness_markdown(rows: Sequence[dict[str, object]], metric: str, *, title
                 lines.append(f"| {model} | {modality} | {float(full[metric]):.4f} | {float(part[metric]):.4f}"  # type: ignore[arg-type]
                              + (f" ± {sd:.4f}" if sd > 0 else "") + f" | {float(part[f'rel_{metric}']):+.1%} |")  # type: ignore[arg-type]
         for name, full_acc, part_acc in FOOD101_REFERENCE:
-            lines.append(f"| {name}, UPMC Food-101 accuracy % (spec §8.3) | text | {full_acc:.1f} | {part_acc:.1f} | "
+            lines.append(f"| {name}, UPMC Food-101 accuracy % | text | {full_acc:.1f} | {part_acc:.1f} | "
                          f"{relative_change(part_acc, full_acc):+.1%} |")
         lines += ["", ("Food-101 rows: image classification accuracy, another task and metric, for the size of the effect "
                   "only. Their relative changes are computed from the two accuracies; the spec quotes 28.3 % and 12.3 % "

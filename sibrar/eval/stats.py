@@ -26,7 +26,7 @@ class PairedTest:
 
 @dataclass(frozen=True)
 class SignificanceResult:
-    """Outcome for one metric: the best-mean model and whether it beats all others (SPEC 7.3)."""
+    """Outcome for one metric: the best-mean model and whether it beats all others."""
 
     best: str  # model with the best mean (first in input order on exact ties)
     winner: str | None  # ``best`` when significantly better than every other model, else None

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# The lowest τ the paper searched (spec §4.5: log-uniform [1e-3, 0.5]); its ablation collapses below it.
+# The lowest τ the paper searched (log-uniform [1e-3, 0.5]); its ablation collapses below it.
 # Configs reject lower values (no silent clamp); logits are formed in float32 so τ = 1e-3 cannot overflow.
 MIN_TEMPERATURE = 1e-3
 
@@ -32,7 +32,7 @@ def sym_infonce(
     a, b: (G, K, d) — G independent groups of K entities (item tower: one group per batch row with
     its 1+N candidates; user tower: one group of the B users), or (K, d) for a single group.
     Logits a_j·b_k / τ (cosine: on L2-normalised vectors); targets on the diagonal; the two
-    directions' mean cross-entropies are summed (spec §4.3).
+    directions' mean cross-entropies are summed.
     ids: (G, K) entity ids; pairs j≠k with the same id are the same entity (a repeated negative or a
     repeated user) and are masked out of the denominators instead of counted as false negatives.
     weights: (G, K) row weights (0 drops a row, e.g. an entity with only one modality available).

@@ -1,4 +1,4 @@
-"""Building blocks: per-modality projections p_m and the shared branch g (spec §3.2–3.3)."""
+"""Building blocks: per-modality projections p_m and the shared branch g."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "selu": nn.SELU, "gelu": nn.GELU, "tanh": nn.Ta
 
 @dataclass(frozen=True, kw_only=True)
 class BranchConfig:
-    """The shared single branch g: [c] + hidden + [d] linear layers (spec §3.3).
+    """The shared single branch g: [c] + hidden + [d] linear layers.
 
     The defaults are the item branch (norm after every 2nd linear, before its activation). The
     paper's item-SiBraR user tower is `hidden=(), norm_every=-1, norm_position="after",

@@ -1,4 +1,4 @@
-"""Single- vs multi-branch ablation (spec §10): {shared, per-modality} branch × {sampling on, off} ×
+"""Single- vs multi-branch ablation: {shared, per-modality} branch × {sampling on, off} ×
 {contrastive on, off}, all in one model so the 2×2×2 grid is just eight configs.
 
 With `shared=True` a tower *is* SiBraR's `Tower` (same modules, same state-dict keys, same random
@@ -124,7 +124,7 @@ ABLATION_AXES = ("shared", "sampling", "contrastive")
 
 
 def ablation_grid(base: MultiBranchConfig = MultiBranchConfig(), *, contrastive_weight: float = 1e-4) -> dict[str, MultiBranchConfig]:
-    """The eight cells of spec §10 as configs, keyed e.g. 'single+sampling+contrastive'.
+    """The eight ablation cells as configs, keyed e.g. 'single+sampling+contrastive'.
 
     Applied to every tower with a branch and >= 2 training modalities (one-modality towers have
     nothing to share, sample or contrast). 'sampling' = pairwise, off = "none"; contrastive off = λ 0.

@@ -45,7 +45,7 @@ class TowerConfig:
 
 
 def paper_user_tower() -> TowerConfig:
-    """The paper's item-SiBraR user tower (spec §3.3, §13): interactions -> Lin(n_items, 128) -> ReLU,
+    """The paper's item-SiBraR user tower: interactions -> Lin(n_items, 128) -> ReLU,
     then L2 -> Lin(128, 128) -> ReLU -> BatchNorm (norm after the activation), no dropout, one
     modality, no contrastive term. Its embeddings take both signs, unlike Lin -> BN -> ReLU."""
     return TowerConfig(common_dim=128, sampling="single", contrastive_weight=0.0, branch=BranchConfig(
@@ -54,7 +54,7 @@ def paper_user_tower() -> TowerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SiBraRConfig:
-    """SiBraR. The defaults are a deliberate *small* preset (spec §3.3 "small" sizes, §4.4 small-config
+    """SiBraR. The defaults are a deliberate *small* preset (the paper's "small" sizes and its small-config
     optimisation: train.lr 1e-3, train.weight_decay 1e-6): d = c = 128 and one hidden layer of 256 on
     the item side, with the paper's user tower; fast on a CPU. The paper's ML-1M architecture and
     optimisation are the `sibrar-paper-ml1m` preset, the CPU experiments' settings `sibrar-cpu`
@@ -103,7 +103,7 @@ class Tower(nn.Module):
         """Branch outputs for (entity, modality) pairs: entities (P,), chosen (P,) -> (P, d).
 
         Each modality projects its own rows (unique entities once); g then runs once over the mixed
-        rows, so BatchNorm statistics are shared by all modalities (spec §3.3).
+        rows, so BatchNorm statistics are shared by all modalities.
         """
         projected = None
         for m_idx, name in enumerate(self.names):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class ResultsFolder:
     models: tuple[str, ...]  # in the experiment's order
     test: dict[str, dict[str, float]]  # label -> metric -> test value
     winners: dict[str, str | None]  # metric -> label significantly better than all others, or None
+    views: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # label -> view -> metric -> test value
+    run_dirs: dict[str, Path] = field(default_factory=dict)  # label -> its run folder under path/runs
+
 
     @property
     def metrics(self) -> list[str]:
@@ -89,6 +92,10 @@ def load_results_folder(path: str | Path) -> ResultsFolder:
         payload = json.loads(payload_path.read_text(encoding="utf-8"))
         models = payload["models"]
         test = {str(label): {str(k): float(v) for k, v in info["test"].items()} for label, info in models.items()}
+        views = {str(label): {str(view): {str(k): float(v) for k, v in values.items()}
+                              for view, values in (info.get("views") or {}).items()} for label, info in models.items()}
+        run_dirs = {str(label): path / "runs" / Path(str(info["run_dir"])).name
+                    for label, info in models.items() if info.get("run_dir")}
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ConfigError(f"{payload_path}: not a `sibrar run` results.json (expected 'models' with each model's "
                           f"'test' metrics): {exc!r}") from exc
@@ -103,7 +110,8 @@ def load_results_folder(path: str | Path) -> ResultsFolder:
                          protocol=str(payload["protocol"]), synthetic=bool(payload.get("synthetic")),
                          split_hash=str(payload.get("split_hash") or ""), candidates=str(payload.get("candidates") or ""),
                          models=tuple(labels), test=test,
-                         winners={str(k): (str(v) if v is not None else None) for k, v in winners.items()})
+                         winners={str(k): (str(v) if v is not None else None) for k, v in winners.items()},
+                         views=views, run_dirs=run_dirs)
 
 
 def _csv_order(path: Path) -> list[str]:

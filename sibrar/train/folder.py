@@ -26,11 +26,13 @@ from sibrar.errors import FileReadError, RunFolderError
 
 CONFIG_HEADER = "# sibrar run: "
 PARQUET_KEY = "sibrar_run_id"
-# What one training run writes (the trainer's checkpoints included); `evaluate-*.json` and `index/`
-# are written later from the run and are removed with it when the folder is trained afresh.
+# What one training run writes (the trainer's checkpoints included); `evaluate-*.json`, `index/` and
+# an experiment's per-user values under missing-modality views are written later from the run and are
+# removed with it when the folder is trained afresh.
 RUN_FILES = ("config.yaml", "manifest.json", "split.json", "history.csv", "metrics.json", "per_user.parquet",
              "model.pt", "checkpoint_last.pt", "checkpoint_best.pt")
-DERIVED = ("evaluate-*.json", "index")
+VIEWS_PER_USER = "per_user_views.parquet"
+DERIVED = ("evaluate-*.json", "index", VIEWS_PER_USER)
 FINISHED_MARK = "metrics.json"  # written last by a run that finished
 
 

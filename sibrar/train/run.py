@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from sibrar.train import distributed
 from sibrar.train.distributed import run_on_main
 from sibrar.train.folder import (
     PARQUET_KEY,
+    VIEWS_PER_USER,
     check_consistent,
     claim,
     config_text,
@@ -268,6 +269,17 @@ class LoadedRun:
     prepared: Prepared
     metrics: dict[str, Any]
     run_id: str | None = None
+
+
+def write_views_per_user(run_dir: str | Path, results: Mapping[str, EvalResult]) -> None:
+    """Per-user test values under each missing-modality view (long format, a `view` column) next to per_user.parquet.
+
+    `sibrar seeds --pair` reads them back to test whether one model loses less than another under a view.
+    """
+    frames = [pl.DataFrame({"view": view, "user_idx": r.users, **r.per_user}) for view, r in results.items()]
+    if frames:
+        with atomic_write(Path(run_dir) / VIEWS_PER_USER) as tmp:
+            pl.concat(frames).write_parquet(tmp)
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:

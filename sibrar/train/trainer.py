@@ -212,7 +212,7 @@ class Trainer:
             history, start = state["history"], int(state["epoch"]) + 1
             best_value, best_epoch, bad = float(state["best_value"]), int(state["best_epoch"]), int(state["bad_epochs"])
         else:
-            logs = run_on_main(lambda: {"epoch": -1, **self._validate()})  # the untrained model is "epoch -1" (spec §4.4)
+            logs = run_on_main(lambda: {"epoch": -1, **self._validate()})  # the untrained model is "epoch -1"
             self._check_monitor(logs, monitor)
             history, start, bad = [logs], 0, 0
             best_value, best_epoch = logs[monitor], -1

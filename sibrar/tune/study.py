@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 
 from sibrar._io import write_json_atomic, write_text_atomic
 from sibrar.config import RunConfig, dump_yaml
@@ -85,9 +86,38 @@ def open_study(search: Search, storage: Any, study_name: str, *, seed_offset: in
     if stored is None:
         study.set_user_attr("search", fingerprint)
     elif stored != fingerprint:
-        raise ConfigError(f"study {study_name!r} exists with a different search file; use another --study name")
+        raise ConfigError(f"study {study_name!r} exists with a different search ({_first_difference(stored, fingerprint)}): "
+                          "the config, the search space or the package's config fields changed since it started; "
+                          "its trials cannot be continued with this one. Start a new study (another --study name, "
+                          "or another --out for `sibrar run`)")
     _fail_orphans(study)
     return study
+
+
+def _first_difference(stored: str, current: str) -> str:
+    """The first setting that differs between two search fingerprints, by its dotted path, for messages."""
+    old, new = _flatten(yaml.safe_load(stored)), _flatten(yaml.safe_load(current))
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT):
+            return f"first difference: {key} was {old.get(key, _ABSENT)!r}, now {new.get(key, _ABSENT)!r}"
+    return "the same settings, written differently"
+
+
+_ABSENT = "(absent)"
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{'base': {'train': {'lr': 1}}} -> {'base.train.lr': 1}; a space entry is keyed by its parameter's path."""
+    if isinstance(node, Mapping):
+        items = node.items()
+    elif isinstance(node, list) and all(isinstance(x, Mapping) and "path" in x for x in node):
+        items = ((x["path"], x) for x in node)
+    else:
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def _fail_orphans(study: Any) -> None:

@@ -1,4 +1,4 @@
-"""CLCRec (Wei et al., ACM MM'21), simplified as in the reference framework ("IFMF"/"UFMF", spec §9).
+"""CLCRec (Wei et al., ACM MM'21), simplified as in the reference framework ("IFMF"/"UFMF").
 
 MF ID embeddings plus a content encoder f per side; an entity is represented by the mean of its ID
 embedding and f(content), trained with BPR plus a symmetric InfoNCE that pulls each entity's ID

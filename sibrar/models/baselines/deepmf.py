@@ -1,4 +1,4 @@
-"""DeepMF (Xue et al., IJCAI'17): MLPs over the training multi-hot rows/columns, cosine score (spec §9)."""
+"""DeepMF (Xue et al., IJCAI'17): MLPs over the training multi-hot rows/columns, cosine score."""
 
 from __future__ import annotations
 

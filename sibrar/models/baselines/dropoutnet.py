@@ -1,4 +1,4 @@
-"""DropoutNet (Volkovs et al., NeurIPS'17), as in the reference framework (spec §9).
+"""DropoutNet (Volkovs et al., NeurIPS'17), as in the reference framework.
 
 Per side: a preference encoder on the training interaction vector plus one content encoder per
 side modality, concatenated and mapped by an MLP (ReLU output) to d; score = dot product. In

@@ -1,4 +1,4 @@
-"""MF: BPR matrix factorisation with ID embeddings and an optional item bias (spec §9)."""
+"""MF: BPR matrix factorisation with ID embeddings and an optional item bias."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ class Pop(Model):
     """Most-popular. log(1 + count) ranks like the reference's share of interactions.
 
     Every cold item has count 0, so in item cold start all candidates tie; the evaluator breaks
-    ties randomly per user with its seed (the reference fell back to index order, spec §12.4.17).
+    ties randomly per user with its seed (the reference fell back to index order).
     """
 
     trainable = False
