@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = ["sibrar", *(sys.argv[1:] if argv is None else argv)]  # for the run.log of `run` and `demo`
     previous = _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,17 @@ def test_resume_reuses_finished_runs_continues_interrupted_ones_and_retrains_cha
     assert capsys.readouterr().out.count("reused the finished run") == 1
     assert "dim: 4" in (mf / "config.yaml").read_text()
     assert (mf / "model.pt").stat().st_mtime_ns != trained_at
+    # run.log keeps every invocation: one section each, headed by the command, with what it printed
+    log = (out / "run.log").read_text()
+    sections = log.split("$ sibrar ")[1:]
+    assert len(sections) == 4 and all(sec.startswith(shlex.join(run)) for sec in sections)
+    assert [sec.count("reused the finished run") for sec in sections] == [0, 2, 1, 1]
+    assert all(f"report folder: {out}" in sec for sec in sections) and "stopped" not in log
+
+
+def test_a_run_that_fails_after_starting_says_so_at_the_end_of_its_log(tmp_path: Path, synthetic_shared_dir: Path) -> None:
+    path = experiment_file(tmp_path, synthetic_shared_dir, views=["item:-nosuch@0.5"])
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    lines = (tmp_path / "out" / "run.log").read_text().splitlines()
+    assert lines[0].startswith(f"$ sibrar run {path} --out ") and "users" in lines[1]  # the dataset line came first
+    assert lines[-1].startswith("# stopped: ConfigError: ") and "nosuch" in lines[-1]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sibrar.commands.train import add_tracking_arguments, ending_on_error, tracking_uri
 
@@ -49,12 +53,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.set_defaults(func=_report)
 
 
+class _Log:
+    """A stdout that also appends to a log file, opened at the first output (an early error leaves no file)."""
+
+    def __init__(self, stdout: TextIO, path: Path, header: str) -> None:
+        self.stdout, self.path, self.header = stdout, path, header
+        self.file: TextIO | None = None
+
+    def write(self, text: str) -> int:
+        self.stdout.write(text)
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = self.path.open("a", encoding="utf-8", buffering=1)
+            self.file.write(self.header)
+        self.file.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stdout.flush()
+        if self.file is not None:
+            self.file.flush()
+
+
+@contextmanager
+def logged_to(path: Path, command_line: Sequence[str]) -> Iterator[None]:
+    """Everything the command prints also goes to `path`, after a line with the command and the time.
+
+    Appended, so a `--resume` adds its own section under the first one; progress bars (stderr) stay out.
+    A failure after the first output ends the section with the error, so the log says how the run stopped.
+    """
+    log = _Log(sys.stdout, path, f"$ {shlex.join(command_line)}   # {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
+    try:
+        with redirect_stdout(log):
+            yield
+    except BaseException as exc:
+        if log.file is not None:
+            log.file.write(f"# stopped: {type(exc).__name__}: {exc}\n")
+        raise
+    finally:
+        if log.file is not None:
+            log.file.close()
+
+
 def _run(args: argparse.Namespace) -> int:
-    from sibrar.experiment import load_experiment, run_experiment
-    from sibrar.tune.compare import parse_tune_settings, reuse_tuning, tune_experiment
+    from sibrar.experiment import load_experiment
 
     experiment = load_experiment(args.experiment, args.overrides)
     out = Path(args.out) if args.out else Path("results") / experiment.name
+    with logged_to(out / "run.log", args.command_line):
+        return _run_logged(args, experiment, out)
+
+
+def _run_logged(args: argparse.Namespace, experiment: Experiment, out: Path) -> int:
+    from sibrar.experiment import run_experiment
+    from sibrar.tune.compare import parse_tune_settings, reuse_tuning, tune_experiment
+
     uri = tracking_uri(args)
     tuning = None
     if args.tuned_from:
@@ -137,7 +190,8 @@ def _demo(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, f"base.data.dataset={folder}"]
     experiment = load_experiment(DEMO_CONFIG, overrides)
     print(f"[3/3] training {len(experiment.models)} models on the cold-item split ...")
-    run_experiment(experiment, Path(args.out), progress=not args.no_progress)
+    with logged_to(Path(args.out) / "run.log", args.command_line):
+        run_experiment(experiment, Path(args.out), progress=not args.no_progress)
     print()
     print((Path(args.out) / "results.md").read_text(encoding="utf-8"))
     print(f"report folder: {args.out}   (total {time.perf_counter() - t0:.0f} s)")
