@@ -46,6 +46,23 @@ def test_single_layer_branch_with_norm_every_two_has_no_batchnorm():
     assert layer_types(asked) == [nn.Linear, nn.BatchNorm1d, nn.ReLU]
 
 
+def test_a_single_training_row_uses_the_running_statistics_and_leaves_them_alone():
+    """A multi-branch modality can draw one row in a batch; BatchNorm has no batch statistics for it."""
+    branch = SharedBranch(8, 4, BranchConfig(hidden=(16,), input_dropout=0.0)).train()
+    norm = branch._batch_norms[0]
+    branch(torch.randn(32, 8))  # a normal batch moves the running statistics
+    mean, var, seen = norm.running_mean.clone(), norm.running_var.clone(), int(norm.num_batches_tracked)
+    x = torch.randn(1, 8, requires_grad=True)
+    out = branch(x)  # used to raise "Expected more than 1 value per channel when training"
+    assert out.shape == (1, 4) and branch.training and norm.training
+    assert torch.equal(norm.running_mean, mean) and torch.equal(norm.running_var, var)
+    assert int(norm.num_batches_tracked) == seen
+    assert torch.allclose(out, branch.eval()(x))  # exactly what inference gives that row
+    branch.train()
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # and it still trains
+
+
 def test_norm_after_the_activation_lets_outputs_go_negative():
     x = torch.randn(256, 32)
     after = SharedBranch(32, 16, BranchConfig(hidden=(), norm_every=-1, norm_position="after", input_dropout=0.0))

@@ -85,11 +85,25 @@ class SharedBranch(nn.Module):
             act = [_ACTIVATIONS[config.activation]()] if not last or config.output_activation else []
             layers += [*norm, *act] if config.norm_position == "before" else [*act, *norm]
         self.net = nn.Sequential(*layers)
+        self._batch_norms = tuple(m for m in layers if isinstance(m, nn.BatchNorm1d))  # registered in net already
 
     def forward(self, x: Tensor) -> Tensor:  # (P, c) -> (P, d)
         if self.config.normalize_input:
             x = F.normalize(x, dim=-1)
+        if self.training and x.shape[0] == 1 and self._batch_norms:
+            return self._one_row(x)
         return self.net(x)
+
+    def _one_row(self, x: Tensor) -> Tensor:
+        """One row has no batch statistics (a multi-branch modality can draw a single row in a batch): its
+        BatchNorms use their running statistics, and leave them as they are, for this call only."""
+        for norm in self._batch_norms:
+            norm.train(False)
+        try:
+            return self.net(x)
+        finally:
+            for norm in self._batch_norms:
+                norm.train(True)
 
 
 class Projection(nn.Module):
