@@ -24,6 +24,7 @@ from sibrar.cli import main
 from sibrar.config import load_run_config
 from sibrar.errors import ConfigError
 from sibrar.tune import load_search, open_storage, open_study, parse_search
+from sibrar.tune.study import suggest
 
 # MF learns this seeded synthetic data within one epoch at lr 0.05 and not at all at lr 1e-9, so a
 # trial with the tiny learning rate is reliably below the median of the good ones: it gets pruned.
@@ -187,16 +188,20 @@ def test_interrupted_study_resumes(tmp_path: Path, signal_dir: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     orphan = study.ask()  # a trial whose worker died mid-training
+    orphan_params = suggest(search, orphan)
     orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
     assert main(["tune", str(path), "--trials", "3", "--out", str(out), "--no-final"]) == 0
     study = open_study(search, open_storage(None, out), "tiny-mf")
     trials = study.get_trials()
-    assert len(trials) == 3
     assert trials[0].state == optuna.trial.TrialState.FAIL and "died" in trials[0].user_attrs["error"]
+    # the interruption is not charged to the budget: three trials that ran, the first with the orphan's parameters
+    assert len(trials) == 4 and all(t.state != optuna.trial.TrialState.FAIL for t in trials[1:])
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
+    assert trials[0].params and len(trials[0].params) == len(orphan_params)
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
-    # the same command with a larger budget continues the study instead of starting over
+    # the same command with a larger budget continues the study instead of starting over (and retries nothing twice)
     assert main(["tune", str(path), "--trials", "4", "--out", str(out), "--no-final"]) == 0
-    assert [t.number for t in open_study(search, open_storage(None, out), "tiny-mf").trials] == [0, 1, 2, 3]
+    assert [t.number for t in open_study(search, open_storage(None, out), "tiny-mf").trials] == [0, 1, 2, 3, 4]
 
 
 def test_a_changed_search_file_does_not_join_an_old_study(tmp_path: Path, signal_dir: Path) -> None:

@@ -103,7 +103,8 @@ def tuning_section(rows: Sequence[tuple[str, Mapping[str, Any] | None, Mapping[s
         counts = t.get("counts", {})
         settings = ", ".join(f"`{k}`={_value(v)}" for k, v in t.get("params", {}).items()) or "(the file's config won)"
         default = "outside the space" if t.get("default_valid") is None else f"{t['default_valid']:.4f}"
-        lines.append(f"| {label} | {counts.get('complete', 0)} / {counts.get('pruned', 0)} / {counts.get('fail', 0)} "
+        interrupted = f" (+{counts['interrupted']} interrupted, run again)" if counts.get("interrupted") else ""
+        lines.append(f"| {label} | {counts.get('complete', 0)} / {counts.get('pruned', 0)} / {counts.get('fail', 0)}{interrupted} "
                      f"| {default} | {t.get('valid', math.nan):.4f} (trial {t.get('best_trial')}) | {final_valid:.4f} "
                      f"| {test:.4f} | {settings} |")
     return lines

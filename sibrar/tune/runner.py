@@ -20,7 +20,7 @@ from sibrar.report.figures import pyplot, save_figure
 from sibrar.tracking import MLflowCallback, end_run, log_to_run
 from sibrar.train.run import train_run
 from sibrar.tune.space import Search
-from sibrar.tune.study import Tracking, enqueue_default, open_storage, open_study, redact_url, run_worker, spawn_workers
+from sibrar.tune.study import INTERRUPTED, Tracking, enqueue_default, open_storage, open_study, redact_url, run_worker, spawn_workers
 
 
 @dataclass
@@ -72,7 +72,9 @@ def finalize(search: Search, study: Any, out: Path, *, tracking: Tracking = Trac
     """best.yaml (ready to run), trials.csv, plots, summary.json; the best config trained once and tested."""
     states = optuna.trial.TrialState
     all_trials = study.get_trials(deepcopy=False)
-    counts = {s.name.lower(): sum(t.state == s for t in all_trials) for s in (states.COMPLETE, states.PRUNED, states.FAIL, states.RUNNING)}
+    counts = {s.name.lower(): sum(t.state == s and not t.user_attrs.get(INTERRUPTED) for t in all_trials)
+              for s in (states.COMPLETE, states.PRUNED, states.FAIL, states.RUNNING)}
+    counts["interrupted"] = sum(bool(t.user_attrs.get(INTERRUPTED)) for t in all_trials)  # not charged to the budget
     complete = [t for t in all_trials if t.state == states.COMPLETE]
     if not complete:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet ({counts}); run more trials")
@@ -101,7 +103,8 @@ def finalize(search: Search, study: Any, out: Path, *, tracking: Tracking = Trac
     if tracking.uri and tracking.parent_run_id:
         _log_study(tracking, summary, out)
     _plot(study, out, search.metric)
-    log(f"study {study.study_name!r}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed; "
+    interrupted = f", {counts['interrupted']} interrupted and run again" if counts["interrupted"] else ""
+    log(f"study {study.study_name!r}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed{interrupted}; "
         f"best trial {best.number} valid {search.metric} {best.value:.4f}"
         + (f" (default {default:.4f})" if default is not None else ""))
     if test_summary:

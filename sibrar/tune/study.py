@@ -120,14 +120,35 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+INTERRUPTED = "interrupted"  # trial user attr: cut short by its process ending, not by its config
+RETRY_OF = "retry_of"  # trial user attr: the number of the interrupted trial whose parameters it runs again
+
+
+def budget_used(study: Any) -> int:
+    """The trials that count against a study's budget: every trial but those cut short by an interruption."""
+    return sum(not t.user_attrs.get(INTERRUPTED) for t in study.get_trials(deepcopy=False))
+
+
 def _fail_orphans(study: Any) -> None:
+    """Mark trials whose process died as interrupted failures, and queue their parameters again.
+
+    An interruption (Ctrl-C, SIGTERM, a killed process, the end of a session) is not the config's fault: the
+    trial does not count against the budget, and its parameters are tried again first, so an interrupted
+    and resumed study evaluates the configs it would have evaluated.
+    """
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         owner = trial.user_attrs.get("worker", "")
         owner_host, _, pid = owner.rpartition(":")
         if owner_host == host and pid.isdigit() and not _alive(int(pid)):
             study._storage.set_trial_user_attr(trial._trial_id, "error", "worker process died (study resumed)")
+            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    for trial in trials:
+        if trial.user_attrs.get(INTERRUPTED) and trial.number not in retried:
+            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
 
 
 def _alive(pid: int) -> bool:
@@ -162,7 +183,8 @@ class Tracking:
 
 def run_worker(search: Search, study: Any, trials: int, out: Path, *, tracking: Tracking = Tracking(),
                log: Callable[[str], None] = print) -> int:
-    """Run trials until the study holds `trials` (all workers, all states); returns how many this worker ran.
+    """Run trials until the study holds `trials` that count (all workers, all states but interrupted trials);
+    returns how many this worker ran.
 
     Runs through `Study.optimize`, so a database storage's heartbeat marks the trials of a worker that
     died on any machine as failed (and re-queues their parameters once).
@@ -199,6 +221,10 @@ def run_worker(search: Search, study: Any, trials: int, out: Path, *, tracking: 
                 callback.end("FAILED")
             log(f"trial {trial.number}: FAILED {type(exc).__name__}: {exc}")
             raise
+        except BaseException:  # Ctrl-C or SIGTERM: not the config's fault, so not charged to the budget
+            trial.set_user_attr(INTERRUPTED, True)
+            trial.set_user_attr("error", "interrupted")
+            raise
         value = float(result.valid.summary[search.metric])
         _write_trial(out, trial.number, config, result.train.history, result.valid.summary)
         if callback:
@@ -207,9 +233,12 @@ def run_worker(search: Search, study: Any, trials: int, out: Path, *, tracking: 
         log(f"trial {trial.number}: valid {search.metric} {value:.4f} ({time.perf_counter() - t0:.0f} s) {_short(values)}")
         return value
 
-    if len(study.get_trials(deepcopy=False)) < trials:
-        study.optimize(objective, catch=(Exception,), gc_after_trial=False,
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=None)])
+    def stop_at_budget(study: Any, trial: Any) -> None:
+        if budget_used(study) >= trials:
+            study.stop()
+
+    if budget_used(study) < trials:
+        study.optimize(objective, catch=(Exception,), gc_after_trial=False, callbacks=[stop_at_budget])
     return ran
 
 
