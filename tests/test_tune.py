@@ -202,6 +202,13 @@ def test_interrupted_study_resumes(tmp_path: Path, signal_dir: Path) -> None:
     # the same command with a larger budget continues the study instead of starting over (and retries nothing twice)
     assert main(["tune", str(path), "--trials", "4", "--out", str(out), "--no-final"]) == 0
     assert [t.number for t in open_study(search, open_storage(None, out), "tiny-mf").trials] == [0, 1, 2, 3, 4]
+    # an interruption of the budget's last trial: its queued retry still runs (a queued trial is not yet spent)
+    last = open_study(search, open_storage(None, out), "tiny-mf").ask()
+    suggest(search, last)
+    last.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    assert main(["tune", str(path), "--trials", "5", "--out", str(out), "--no-final"]) == 0
+    trials = open_study(search, open_storage(None, out), "tiny-mf").get_trials()
+    assert len(trials) == 7 and trials[6].user_attrs["retry_of"] == 5 and trials[6].state == optuna.trial.TrialState.COMPLETE
 
 
 def test_a_changed_search_file_does_not_join_an_old_study(tmp_path: Path, signal_dir: Path) -> None:

@@ -125,8 +125,10 @@ RETRY_OF = "retry_of"  # trial user attr: the number of the interrupted trial wh
 
 
 def budget_used(study: Any) -> int:
-    """The trials that count against a study's budget: every trial but those cut short by an interruption."""
-    return sum(not t.user_attrs.get(INTERRUPTED) for t in study.get_trials(deepcopy=False))
+    """The trials that count against a study's budget: those started, but not those cut short by an
+    interruption (queued ones, e.g. an interrupted trial's retry, count once they start)."""
+    return sum(t.state != optuna.trial.TrialState.WAITING and not t.user_attrs.get(INTERRUPTED)
+               for t in study.get_trials(deepcopy=False))
 
 
 def _fail_orphans(study: Any) -> None:
