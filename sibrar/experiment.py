@@ -21,6 +21,7 @@ from typing import Any
 
 from sibrar.config import RunConfig, apply_overrides, deep_merge, load_preset, load_yaml, parse_run_config
 from sibrar.errors import ConfigError
+from sibrar.paths import slug
 from sibrar.registry import MODELS
 from sibrar.eval.evaluator import evaluate, parse_view
 from sibrar.eval.metrics import METRICS
@@ -225,8 +226,3 @@ def run_experiment(experiment: Experiment, out: str | Path, *, progress: bool = 
     if tuning:
         meta["tuning"] = dict(tuning["budget"])
     return write_results(out, outcomes, experiment.table_metrics, meta)
-
-
-def slug(label: str) -> str:
-    """A label as a folder name (runs/<slug>, studies/<slug>)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)

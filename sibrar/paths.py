@@ -1,4 +1,4 @@
-"""Where datasets live: a data root (default ~/.cache/sibrar, or $SIBRAR_DATA)."""
+"""Where things live: the data root (default ~/.cache/sibrar, or $SIBRAR_DATA) and run-folder names."""
 
 from __future__ import annotations
 
@@ -12,3 +12,8 @@ def data_root(root: str | Path | None = None) -> Path:
         return Path(root).expanduser()
     env = os.environ.get("SIBRAR_DATA")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "sibrar"
+
+
+def slug(label: str) -> str:
+    """A model label as a folder name (runs/<slug>, studies/<slug>)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)

@@ -176,7 +176,7 @@ def results_runs(results_dir: Path) -> tuple[dict[str, Path], list[str]]:
         models = read_json(payload, "results file", ConfigError)["models"]
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{payload}: not a `sibrar run` results.json (no 'models' mapping)") from exc
-    from sibrar.experiment import slug
+    from sibrar.paths import slug
 
     runs = {}
     for label, info in models.items():

@@ -23,6 +23,7 @@ import polars as pl
 
 from sibrar._io import atomic_write, write_json_atomic, write_text_atomic
 from sibrar.errors import ConfigError
+from sibrar.paths import slug
 from sibrar.eval.stats import PairedTest, SignificanceResult, best_model_significance, paired_t_test
 from sibrar.results import lower_is_better
 from sibrar.report.grid import ResultsFolder, check_folders
@@ -142,7 +143,7 @@ def _paired_tests_impossible(folders: Sequence[ResultsFolder]) -> str:
 
 
 def _run_dir(folder: ResultsFolder, model: str) -> Path:
-    return folder.run_dirs.get(model, folder.path / "runs" / model)
+    return folder.run_dirs.get(model, folder.path / "runs" / slug(model))
 
 
 def _run_averaged(folders: Sequence[ResultsFolder], model: str, name: str) -> pl.DataFrame:
@@ -175,7 +176,12 @@ def _pair(folders: Sequence[ResultsFolder], a: str, b: str, per_user: dict[str, 
 
 
 def _p(test: PairedTest) -> str:
-    return "–" if math.isnan(test.p_value) else (f"{test.p_value:.1e}" if test.p_value < 1e-3 else f"{test.p_value:.3f}")
+    p = test.p_value
+    if math.isnan(p):
+        return "–"
+    if p == 0.0:  # below the smallest double: scipy returns 0
+        return "< 1e-300"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
 def _pct(values: np.ndarray) -> str:

@@ -28,7 +28,8 @@ from typing import Any
 
 from sibrar.config import load_yaml, to_dict
 from sibrar.errors import ConfigError
-from sibrar.experiment import Experiment, ModelSpec, slug
+from sibrar.experiment import Experiment, ModelSpec
+from sibrar.paths import slug
 from sibrar.tune.components import PRUNERS, SAMPLERS, check_component
 from sibrar.tune.runner import TuneResult, tune
 from sibrar.tune.space import Search, config_with, lookup, parse_search
