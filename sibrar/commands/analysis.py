@@ -12,6 +12,7 @@ from typing import Any
 
 from sibrar._io import read_json
 from sibrar.errors import ConfigError
+from sibrar.paths import slug
 
 DEFAULT_FRACTIONS_TEXT = "0,0.1,0.3,0.5,0.7,0.9,1"
 TABLE_METRICS = ("ndcg@10", "recall@10", "precision@10", "map@10", "coverage@10")
@@ -176,8 +177,6 @@ def results_runs(results_dir: Path) -> tuple[dict[str, Path], list[str]]:
         models = read_json(payload, "results file", ConfigError)["models"]
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{payload}: not a `sibrar run` results.json (no 'models' mapping)") from exc
-    from sibrar.paths import slug
-
     runs = {}
     for label, info in models.items():
         local = results_dir / "runs" / slug(label)  # the folder may have moved since it was written
