@@ -118,8 +118,9 @@ def summarise_seeds(folders: Sequence[ResultsFolder], metrics: Sequence[str],
             if all(metric in frame.columns for frame in per_user.values()):
                 significance[metric] = best_model_significance(
                     {m: frame[metric].to_numpy() for m, frame in per_user.items()}, higher_is_better=not lower_is_better(metric))
-        for a, b in pairs:
-            pair_results.append(_pair(folders, a, b, per_user, views, robustness, metrics))
+        paired_models = list(dict.fromkeys(m for pair in pairs for m in pair))
+        changes = _per_user_view_changes(folders, paired_models, per_user, views, robustness)
+        pair_results = [_pair(a, b, per_user, changes, metrics) for a, b in pairs]
     return SeedSummary(tuple(folders), first.models, tuple(metrics), values, view_changes, robustness, significance,
                        tuple(pair_results), why)
 
@@ -157,21 +158,28 @@ def _run_averaged(folders: Sequence[ResultsFolder], model: str, name: str) -> pl
     return merged.group_by(keys).mean().sort(keys)
 
 
-def _pair(folders: Sequence[ResultsFolder], a: str, b: str, per_user: dict[str, pl.DataFrame], views: list[str],
-          robustness: str, metrics: Sequence[str]) -> PairResult:
+def _per_user_view_changes(folders: Sequence[ResultsFolder], models: Sequence[str], per_user: dict[str, pl.DataFrame],
+                           views: list[str], robustness: str) -> dict[tuple[str, str], np.ndarray]:
+    """(model, view) -> each user's run-averaged change of `robustness` under the view; each views file read once."""
+    if not views or not all((_run_dir(f, m) / VIEWS_PER_USER).is_file() for f in folders for m in models):
+        return {}
+    change = {}
+    for m in models:
+        under = _run_averaged(folders, m, VIEWS_PER_USER)
+        for view in views:
+            rows = under.filter(pl.col("view") == view)
+            if rows.height == per_user[m].height:
+                change[(m, view)] = rows[robustness].to_numpy() - per_user[m][robustness].to_numpy()
+    return change
+
+
+def _pair(a: str, b: str, per_user: dict[str, pl.DataFrame], change: dict[tuple[str, str], np.ndarray],
+          metrics: Sequence[str]) -> PairResult:
     tests = {k: paired_t_test(per_user[a][k].to_numpy(), per_user[b][k].to_numpy())
              for k in metrics if k in per_user[a].columns}
-    view_tests: dict[str, PairedTest] = {}
-    if views and all((_run_dir(f, m) / VIEWS_PER_USER).is_file() for f in folders for m in (a, b)):
-        change = {}
-        for m in (a, b):
-            under = _run_averaged(folders, m, VIEWS_PER_USER)
-            for view in views:
-                rows = under.filter(pl.col("view") == view)
-                if rows.height == per_user[m].height:
-                    change[(m, view)] = rows[robustness].to_numpy() - per_user[m][robustness].to_numpy()
-        view_tests = {v: paired_t_test(change[(a, v)], change[(b, v)]) for v in views
-                      if (a, v) in change and (b, v) in change}
+    views = dict.fromkeys(v for _, v in change)
+    view_tests = {v: paired_t_test(change[(a, v)], change[(b, v)]) for v in views
+                  if (a, v) in change and (b, v) in change}
     return PairResult(a, b, tests, view_tests)
 
 
