@@ -23,7 +23,7 @@ import yaml
 from sibrar.cli import main
 from sibrar.config import load_run_config
 from sibrar.errors import ConfigError
-from sibrar.tune import load_search, open_storage, open_study, parse_search
+from sibrar.tune import enqueue_default, load_search, open_storage, open_study, parse_search
 from sibrar.tune.study import suggest
 
 # MF learns this seeded synthetic data within one epoch at lr 0.05 and not at all at lr 1e-9, so a
@@ -209,6 +209,28 @@ def test_interrupted_study_resumes(tmp_path: Path, signal_dir: Path) -> None:
     assert main(["tune", str(path), "--trials", "5", "--out", str(out), "--no-final"]) == 0
     trials = open_study(search, open_storage(None, out), "tiny-mf").get_trials()
     assert len(trials) == 7 and trials[6].user_attrs["retry_of"] == 5 and trials[6].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_an_interrupted_default_trial_still_gives_the_default_value(tmp_path: Path, signal_dir: Path) -> None:
+    # trial 0 runs the file's own config; when it is interrupted, its retry's value is "valid, file's config"
+    path = search_file(tmp_path, signal_dir)
+    out = tmp_path / "out"
+    search = load_search(path)
+    study = open_study(search, open_storage(None, out), "tiny-mf")
+    enqueue_default(search, study, log=lambda _: None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = study.ask()
+    assert orphan.user_attrs["default"] and suggest(search, orphan)["train.lr"] == 0.05
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    assert main(["tune", str(path), "--trials", "2", "--out", str(out)]) == 0
+    trials = open_study(search, open_storage(None, out), "tiny-mf").get_trials()
+    assert trials[1].user_attrs["retry_of"] == 0 and "default" not in trials[1].user_attrs
+    assert trials[1].state == optuna.trial.TrialState.COMPLETE
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["default_value"] == pytest.approx(trials[1].value)
+    table = pl.read_csv(out / "trials.csv")
+    assert table.filter(pl.col("default"))["number"].to_list() == [0, 1]
 
 
 def test_a_changed_search_file_does_not_join_an_old_study(tmp_path: Path, signal_dir: Path) -> None:

@@ -20,7 +20,7 @@ from sibrar.report.figures import pyplot, save_figure
 from sibrar.tracking import MLflowCallback, end_run, log_to_run
 from sibrar.train.run import train_run
 from sibrar.tune.space import Search
-from sibrar.tune.study import INTERRUPTED, Tracking, enqueue_default, open_storage, open_study, redact_url, run_worker, spawn_workers
+from sibrar.tune.study import INTERRUPTED, Tracking, default_trials, enqueue_default, open_storage, open_study, redact_url, run_worker, spawn_workers
 
 
 @dataclass
@@ -84,7 +84,8 @@ def finalize(search: Search, study: Any, out: Path, *, tracking: Tracking = Trac
     write_text_atomic(out / "best.yaml", f"# best of study {study.study_name!r}: trial {best.number}, valid {search.metric} "
                       f"{best.value:.4f}\n# run it: sibrar train {out / 'best.yaml'}\n" + dump_yaml(best_config))
     _write_trials_table(study, out)
-    default = next((t.value for t in complete if t.user_attrs.get("default")), None)
+    defaults = default_trials(all_trials)
+    default = next((t.value for t in complete if t.number in defaults), None)
     test_summary = None
     if test:
         callbacks = []
@@ -127,10 +128,12 @@ def _trial_values(search: Search, trial: Any) -> dict[str, Any]:
 
 
 def _write_trials_table(study: Any, out: Path) -> None:
+    trials = study.get_trials(deepcopy=False)
+    defaults = default_trials(trials)
     rows = [{"number": t.number, "state": t.state.name, "value": t.value,
              "seconds": t.duration.total_seconds() if t.duration else None,
-             "default": bool(t.user_attrs.get("default")), "error": t.user_attrs.get("error"),
-             **{k: _readable(v) for k, v in t.params.items()}} for t in study.get_trials(deepcopy=False)]
+             "default": t.number in defaults, "error": t.user_attrs.get("error"),
+             **{k: _readable(v) for k, v in t.params.items()}} for t in trials]
     with atomic_write(out / "trials.csv") as tmp:
         pl.DataFrame(rows, infer_schema_length=None).write_csv(tmp)
 

@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,16 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 INTERRUPTED = "interrupted"  # trial user attr: cut short by its process ending, not by its config
 RETRY_OF = "retry_of"  # trial user attr: the number of the interrupted trial whose parameters it runs again
+
+
+def default_trials(trials: Sequence[Any]) -> set[int]:
+    """Numbers of the trials that ran the file's own config: the enqueued default and the retries of it
+    after an interruption (a retry carries only `retry_of`, so the chain is followed)."""
+    numbers: set[int] = set()
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.user_attrs.get("default") or t.user_attrs.get(RETRY_OF) in numbers:
+            numbers.add(t.number)
+    return numbers
 
 
 def budget_used(study: Any) -> int:
