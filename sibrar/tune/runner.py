@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,8 +83,8 @@ def finalize(search: Search, study: Any, out: Path, *, tracking: Tracking = Trac
     best_config = search.config(values)
     write_text_atomic(out / "best.yaml", f"# best of study {study.study_name!r}: trial {best.number}, valid {search.metric} "
                       f"{best.value:.4f}\n# run it: sibrar train {out / 'best.yaml'}\n" + dump_yaml(best_config))
-    _write_trials_table(study, out)
     defaults = default_trials(all_trials)
+    _write_trials_table(all_trials, defaults, out)
     default = next((t.value for t in complete if t.number in defaults), None)
     test_summary = None
     if test:
@@ -127,9 +127,7 @@ def _trial_values(search: Search, trial: Any) -> dict[str, Any]:
     return {k: v if by_path[k].type in ("float", "int") else json.loads(v) for k, v in trial.params.items()}
 
 
-def _write_trials_table(study: Any, out: Path) -> None:
-    trials = study.get_trials(deepcopy=False)
-    defaults = default_trials(trials)
+def _write_trials_table(trials: Sequence[Any], defaults: set[int], out: Path) -> None:
     rows = [{"number": t.number, "state": t.state.name, "value": t.value,
              "seconds": t.duration.total_seconds() if t.duration else None,
              "default": t.number in defaults, "error": t.user_attrs.get("error"),

@@ -122,6 +122,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 INTERRUPTED = "interrupted"  # trial user attr: cut short by its process ending, not by its config
 RETRY_OF = "retry_of"  # trial user attr: the number of the interrupted trial whose parameters it runs again
+DEFAULT = "default"  # trial user attr: enqueued to run the file's own config
 
 
 def default_trials(trials: Sequence[Any]) -> set[int]:
@@ -129,7 +130,7 @@ def default_trials(trials: Sequence[Any]) -> set[int]:
     after an interruption (a retry carries only `retry_of`, so the chain is followed)."""
     numbers: set[int] = set()
     for t in sorted(trials, key=lambda t: t.number):
-        if t.user_attrs.get("default") or t.user_attrs.get(RETRY_OF) in numbers:
+        if t.user_attrs.get(DEFAULT) or t.user_attrs.get(RETRY_OF) in numbers:
             numbers.add(t.number)
     return numbers
 
@@ -294,7 +295,7 @@ def enqueue_default(search: Search, study: Any, log: Callable[[str], None] = pri
     if outside:
         log(f"note: the default config is outside the search space ({', '.join(outside)}); it is not trial 0")
         return
-    study.enqueue_trial(fixed, user_attrs={"default": True})
+    study.enqueue_trial(fixed, user_attrs={DEFAULT: True})
 
 
 def study_parent_run(uri: str, experiment: str, study_name: str, search: Search) -> str:
