@@ -17,12 +17,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from sibrar.data.inputs import ModelInputs
 from sibrar.data.modalities import EntityFeatures
-from sibrar.models.base import FULL_VIEW, Batch, Model, View, register_model
+from sibrar.models.base import register_model
 from sibrar.models.objective import Pair
 from sibrar.models.modules import SharedBranch
-from sibrar.models.sibrar import Tower, TowerConfig, towers_loss
+from sibrar.models.sibrar import SiBraR, Tower, TowerConfig
 
 
 
@@ -97,27 +96,10 @@ class BranchTower(Tower):
 
 
 @register_model("multibranch", MultiBranchConfig)
-class MultiBranch(Model):
+class MultiBranch(SiBraR):
     """Two towers that are SiBraR's (shared=True) or multi-branch (shared=False)."""
 
-    supports_cold_items = True
-    supports_cold_users = True
-    supports_shared_negatives = True
-
-    def __init__(self, config: MultiBranchConfig, inputs: ModelInputs) -> None:
-        super().__init__(config, inputs)
-        self.user_tower = BranchTower(inputs.user, config.user, config.dim, "model.user")
-        self.item_tower = BranchTower(inputs.item, config.item, config.dim, "model.item")
-        self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
-
-    def loss(self, batch: Batch) -> dict[str, Tensor]:
-        return towers_loss(batch, self.user_tower, self.item_tower, self.generator)
-
-    def user_embeddings(self, users: Tensor, view: View = FULL_VIEW) -> Tensor:
-        return self.user_tower.embed(users, view.user)
-
-    def item_embeddings(self, items: Tensor, view: View = FULL_VIEW) -> Tensor:
-        return self.item_tower.embed(items, view.item)
+    tower_class = BranchTower
 
 
 ABLATION_AXES = ("shared", "sampling", "contrastive")

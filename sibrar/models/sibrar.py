@@ -193,11 +193,12 @@ class SiBraR(Model):
     supports_cold_items = True
     supports_cold_users = True
     supports_shared_negatives = True
+    tower_class: type[Tower] = Tower  # the multi-branch ablation swaps in its own tower
 
     def __init__(self, config: SiBraRConfig, inputs: ModelInputs) -> None:
         super().__init__(config, inputs)
-        self.user_tower = Tower(inputs.user, config.user, config.dim, "model.user")
-        self.item_tower = Tower(inputs.item, config.item, config.dim, "model.item")
+        self.user_tower = self.tower_class(inputs.user, config.user, config.dim, "model.user")
+        self.item_tower = self.tower_class(inputs.item, config.item, config.dim, "model.item")
         self.generator: torch.Generator | None = None  # set by the trainer: seeded modality sampling
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
