@@ -61,7 +61,6 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-
 def _stage(name: str, func: Callable[[], Any], rows: list[dict[str, Any]], profiler: cProfile.Profile | None) -> Any:
     gc.collect()
     exact = _reset_peak()

@@ -60,8 +60,6 @@ def with_model(prep: Prepared, model: dict[str, Any], **train: Any) -> Prepared:
     return Prepared(config, prep.dataset, prep.split, prep.inputs)
 
 
-
-
 @pytest.fixture(scope="module")
 def warm(ml100k_dir: Path) -> Prepared:
     return prepare(run_config(ml100k_dir, "random", {"name": "rand"}))

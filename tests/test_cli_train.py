@@ -16,8 +16,6 @@ from sibrar.config import load_run_config
 RUN_FILES = ("config.yaml", "manifest.json", "split.json", "history.csv", "metrics.json", "per_user.parquet", "model.pt")
 
 
-
-
 @pytest.fixture(scope="module")
 def trained(synthetic_shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("cli")

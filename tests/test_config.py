@@ -24,8 +24,6 @@ from sibrar.models.sibrar import SiBraRConfig
 from sibrar.train.run import prepare, train_run
 
 
-
-
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

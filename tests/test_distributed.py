@@ -107,8 +107,6 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-
-
 def write_config(folder: Path, dataset: Path) -> Path:
     """SiBraR whose item branch g has a BatchNorm (norm_every=2: after its second linear) and dropout."""
     data = {

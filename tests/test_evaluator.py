@@ -17,8 +17,6 @@ from sibrar.eval.evaluator import evaluate, missing_view, part_matrix
 from sibrar.models.base import FULL_VIEW, Model, View
 
 
-
-
 class Cheater(Model):
     """Scores 3 for the user's training items, 2 for validation, 1 for test, 0 otherwise.
 

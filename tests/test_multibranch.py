@@ -31,8 +31,6 @@ def config_dict(dataset: Path, model: dict[str, Any], epochs: int = 1) -> dict[s
         "eval": {"ks": [10], "metrics": ["ndcg"]}}
 
 
-
-
 @pytest.fixture(scope="module")
 def prep(ml100k_dir: Path) -> Prepared:
     return prepare(parse_run_config(config_dict(ml100k_dir, {"name": "multibranch", "dim": 16, "item": SMALL_ITEM})))

@@ -24,8 +24,6 @@ from sibrar.train.run import Prepared, prepare
 from sibrar.train.trainer import Trainer
 
 
-
-
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

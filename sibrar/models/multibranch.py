@@ -24,7 +24,6 @@ from sibrar.models.modules import SharedBranch
 from sibrar.models.sibrar import SiBraR, Tower, TowerConfig
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class BranchTowerConfig(TowerConfig):
     """SiBraR's TowerConfig plus the two ablation switches."""
