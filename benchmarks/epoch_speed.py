@@ -10,7 +10,8 @@ Run by hand (never part of the test suite), alone on the machine:
 Why: the equal-budget comparisons leave a model out when an epoch costs too much on 2 CPU cores;
 this prints what an epoch costs. Each model trains on `--rows` training interactions drawn at random
 (a seeded subset, in the trainer's own batches, negatives and loss: `Trainer._epoch`), timed on the
-wall clock after one untimed warm-up batch; seconds per epoch = that time x (training rows / rows).
+wall clock after one untimed warm-up batch (deterministic algorithms as the
+config asks, as `Trainer.fit` runs them); seconds per epoch = that time x (training rows / rows).
 One validation pass (what the trainer runs after every epoch) is timed on its own. `--add LABEL=NAME`
 adds a model with its registered default config (e.g. DeepMF, left out of the ML-1M experiments).
 """
@@ -53,6 +54,7 @@ def time_model(spec: ModelSpec, cache: dict, rows: int) -> dict[str, float] | No
         n_train = len(trainer.users)
         pick = torch.randperm(n_train, generator=torch.Generator().manual_seed(0))
         users, items = trainer.users[pick], trainer.pos_items[pick]
+        torch.use_deterministic_algorithms(config.train.deterministic)  # as Trainer.fit trains
         warm = min(config.train.batch_size, n_train)
         trainer.users, trainer.pos_items = users[:warm], items[:warm]
         trainer._epoch(0)  # warm-up: allocator, kernels, lazy modules
@@ -65,6 +67,7 @@ def time_model(spec: ModelSpec, cache: dict, rows: int) -> dict[str, float] | No
         start = time.perf_counter()
         evaluate(model, prep.inputs, prep.split, "valid", config.eval)
         valid_s = time.perf_counter() - start
+        torch.use_deterministic_algorithms(False)
     return {"rows": used, "train_rows": n_train, "epoch_s": train_s * n_train / used, "valid_s": valid_s}
 
 
