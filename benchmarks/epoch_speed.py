@@ -10,8 +10,8 @@ Run by hand (never part of the test suite), alone on the machine:
 Why: the equal-budget comparisons leave a model out when an epoch costs too much on 2 CPU cores;
 this prints what an epoch costs. Each model trains on `--rows` training interactions drawn at random
 (a seeded subset, in the trainer's own batches, negatives and loss: `Trainer._epoch`), timed on the
-wall clock after one untimed warm-up batch (deterministic algorithms as the
-config asks, as `Trainer.fit` runs them); seconds per epoch = that time x (training rows / rows).
+wall clock after one untimed warm-up batch, with deterministic algorithms where the config asks for
+them, as `Trainer.fit` trains; seconds per epoch = that time x (training rows / rows).
 One validation pass (what the trainer runs after every epoch) is timed on its own. `--add LABEL=NAME`
 adds a model with its registered default config (e.g. DeepMF, left out of the ML-1M experiments).
 """
