@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sibrar.config import parse_run_config
-from sibrar.models.base import Batch
+from sibrar.config import parse_run_config, to_dict
+from sibrar.models.base import Batch, create_model
 from sibrar.models.losses import bpr_loss, sym_infonce
 from sibrar.models.objective import Slots, batch_slots, ranking_loss
 from sibrar.models.sibrar import SiBraR
@@ -162,3 +162,27 @@ def test_bf16_autocast_mixes_modality_kinds_and_stays_close_to_fp32(prep: Prepar
             out[enabled] = model.loss(batch)["loss"]
     assert out[True].dtype == torch.float32
     torch.testing.assert_close(out[True], out[False], rtol=3e-2, atol=1e-3)
+
+
+def test_deepmf_encodes_each_distinct_entity_once_with_the_per_slot_loss_and_gradients(prep: Prepared) -> None:
+    """DeepMF has no dropout or BatchNorm: its one-pass-per-entity loss is the per-slot loss."""
+    config = parse_run_config({**to_dict(prep.config), "model": {"name": "deepmf", "hidden": [32], "dim": 8}})
+    torch.manual_seed(0)
+    model = create_model(config.model, prep.inputs)
+    batch = per_row_batch(prep)
+    encoded: list[int] = []
+    hook = model.item_mlp.register_forward_hook(lambda _m, args, _out: encoded.append(len(args[0])))
+    dedup = model.loss(batch)["loss"]
+    hook.remove()
+    assert encoded == [len(batch.items.unique())] and encoded[0] < batch.items.numel() / 2
+    dedup_grads = grads(model, dedup)
+    per_slot = model.loss(Batch(batch.users, batch.items, dedup="none"))["loss"]
+    user_emb = model.user_embeddings(batch.users)
+    item_emb = model.item_embeddings(batch.items.reshape(-1)).reshape(*batch.items.shape, -1)
+    scores = torch.einsum("bd,bkd->bk", user_emb, item_emb)
+    torch.testing.assert_close(per_slot, bpr_loss(scores[:, 0], scores[:, 1:]), rtol=0, atol=0)  # the reference pass
+    torch.testing.assert_close(dedup, per_slot, rtol=1e-6, atol=1e-7)
+    ref_grads = grads(model, per_slot)
+    assert ref_grads.keys() == dedup_grads.keys() and len(ref_grads) == 8
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(dedup_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
