@@ -10,10 +10,10 @@ Run by hand (never part of the test suite), alone on the machine:
 Why: the equal-budget comparisons leave a model out when an epoch costs too much on 2 CPU cores;
 this prints what an epoch costs. Each model trains on `--rows` training interactions drawn at random
 (a seeded subset, in the trainer's own batches, negatives and loss: `Trainer._epoch`), timed on the
-wall clock after one untimed warm-up batch, with deterministic algorithms where the config asks for
-them, as `Trainer.fit` trains; seconds per epoch = that time x (training rows / rows).
+wall clock after one untimed warm-up batch, under the trainer's own algorithm settings
+(`Trainer.algorithms`, as `Trainer.fit` trains); seconds per epoch = that time x (training rows / rows).
 One validation pass (what the trainer runs after every epoch) is timed on its own. `--add LABEL=NAME`
-adds a model with its registered default config (e.g. DeepMF, left out of the ML-1M experiments).
+adds a model with its registered default config (e.g. DeepMF, to an experiment that lacks it).
 """
 
 from __future__ import annotations
@@ -54,20 +54,18 @@ def time_model(spec: ModelSpec, cache: dict, rows: int) -> dict[str, float] | No
         n_train = len(trainer.users)
         pick = torch.randperm(n_train, generator=torch.Generator().manual_seed(0))
         users, items = trainer.users[pick], trainer.pos_items[pick]
-        torch.use_deterministic_algorithms(config.train.deterministic)  # as Trainer.fit trains
-        warm = min(config.train.batch_size, n_train)
-        trainer.users, trainer.pos_items = users[:warm], items[:warm]
-        trainer._epoch(0)  # warm-up: allocator, kernels, lazy modules
-        used = min(rows, n_train)
-        trainer.users, trainer.pos_items = users[:used], items[:used]
-        start = time.perf_counter()
-        trainer._epoch(1)
-        train_s = time.perf_counter() - start
-        model.eval()
-        start = time.perf_counter()
-        evaluate(model, prep.inputs, prep.split, "valid", config.eval)
-        valid_s = time.perf_counter() - start
-        torch.use_deterministic_algorithms(False)
+        warm, used = min(config.train.batch_size, n_train), min(rows, n_train)
+        with trainer.algorithms():  # as Trainer.fit trains
+            trainer.users, trainer.pos_items = users[:warm], items[:warm]
+            trainer._epoch(0)  # warm-up: allocator, kernels, lazy modules
+            trainer.users, trainer.pos_items = users[:used], items[:used]
+            start = time.perf_counter()
+            trainer._epoch(1)
+            train_s = time.perf_counter() - start
+            model.eval()
+            start = time.perf_counter()
+            evaluate(model, prep.inputs, prep.split, "valid", config.eval)
+            valid_s = time.perf_counter() - start
     return {"rows": used, "train_rows": n_train, "epoch_s": train_s * n_train / used, "valid_s": valid_s}
 
 

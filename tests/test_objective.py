@@ -72,7 +72,7 @@ def test_dedup_pass_equals_the_per_slot_pass_with_the_same_draws(prep: Prepared)
     gen = torch.Generator().manual_seed(5)
     u_chosen, u_distinct, u_any = model.user_tower.draw(slots.users, gen)  # same order: users first
     i_chosen, i_distinct, i_any = model.item_tower.draw(slots.items, gen)
-    item_of = torch.cat([slots.pos[:, None], slots.neg], dim=1).reshape(-1)  # (B·(1+N),)
+    item_of = slots.grid.reshape(-1)  # (B·(1+N),)
     user_emb, user_z = model.user_tower.encode_draws(batch.users, u_chosen[slots.user_of], u_any[slots.user_of])
     item_emb, item_z = model.item_tower.encode_draws(batch.items.reshape(-1), i_chosen[item_of], i_any[item_of])
     scores = torch.einsum("bd,bkd->bk", user_emb, item_emb.reshape(*batch.items.shape, -1))

@@ -45,6 +45,11 @@ class Slots:
     pos: Tensor  # (B,) row of each positive in `items`
     neg: Tensor  # (B, N) per-row negatives, or (S,) shared ones: rows in `items`
 
+    @property
+    def grid(self) -> Tensor:
+        """(B, 1+N) rows in `items` of each batch row's positive and per-row negatives."""
+        return torch.cat([self.pos[:, None], self.neg], dim=1)
+
 
 def batch_slots(batch: Batch) -> Slots:
     """Distinct users and items of `batch` (all slots, in order, unless `batch.dedup` is "entities")."""
@@ -71,7 +76,7 @@ def ranking_loss(user_emb: Tensor, item_emb: Tensor, slots: Slots, batch: Batch,
     """
     user_emb, item_emb = user_emb.float(), item_emb.float()
     if batch.shared is None:  # one einsum over (B, 1+N), as the per-slot reference computes it (bit for bit)
-        scores = torch.einsum("bd,bkd->bk", user_emb, item_emb[torch.cat([slots.pos[:, None], slots.neg], dim=1)])
+        scores = torch.einsum("bd,bkd->bk", user_emb, item_emb[slots.grid])
         pos, neg = scores[:, 0], scores[:, 1:]  # (B,), (B, N)
     else:
         pos = (user_emb * item_emb[slots.pos]).sum(-1)  # (B,)

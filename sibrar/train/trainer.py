@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,12 +190,19 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train (or resume) to the end or early stop; the model keeps the best validation epoch."""
+        with self.algorithms():
+            return self._fit(resume)
+
+    @contextmanager
+    def algorithms(self) -> Iterator[None]:
+        """torch's algorithm settings of training: deterministic on CPU when the config asks for it,
+        without NaN-filling new tensors; restored afterwards."""
         deterministic = self.config.deterministic and self.device.type == "cpu"
         before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
         torch.use_deterministic_algorithms(deterministic or before[0])
         torch.utils.deterministic.fill_uninitialized_memory = False  # NaN-filling every new tensor costs ~20 %
         try:
-            return self._fit(resume)
+            yield
         finally:
             torch.use_deterministic_algorithms(before[0])
             torch.utils.deterministic.fill_uninitialized_memory = before[1]
