@@ -5,7 +5,7 @@ Run by hand (never part of the test suite), alone on the machine:
     python benchmarks/epoch_speed.py                                   # fair-ml1m-warm.yaml, its tuned settings
     python benchmarks/epoch_speed.py experiments/fair-ml1m-cold-user.yaml \\
         --tuned-from experiments/results/fair-ml1m-cold-user
-    python benchmarks/epoch_speed.py --add DeepMF=deepmf --only DeepMF --rows 20000
+    python benchmarks/epoch_speed.py experiments/fair-ml100k-cold-item.yaml --only DeepMF --rows 20000
 
 Why: the equal-budget comparisons leave a model out when an epoch costs too much on 2 CPU cores;
 this prints what an epoch costs. Each model trains on `--rows` training interactions drawn at random
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, name = entry.partition("=")
         if not sep or not label or not name:
             parser.error(f"--add {entry!r}: expected LABEL=MODEL, e.g. DeepMF=deepmf")
+        if label in {s.label for s in specs}:
+            parser.error(f"--add {entry!r}: the experiment already has a model labelled {label!r}")
         raw = {**base, "model": {"name": name}}
         specs.append(ModelSpec(label, parse_run_config(raw, f"--add {entry}")))
     unknown = set(args.only) - {s.label for s in specs}
