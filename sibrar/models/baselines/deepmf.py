@@ -81,7 +81,7 @@ class DeepMF(Model):
     Cold entities have an empty interaction vector, hence one constant embedding each side.
     Training runs each MLP once per distinct user and item of a batch (`Batch.dedup`); without
     dropout or BatchNorm that is the per-slot loss and gradient, at a fraction of the cost
-    (ML-1M: 12 s per epoch instead of 115 s, benchmarks/epoch_speed.py). The loss is always BPR over
+    (ML-1M: 12-16 s per epoch instead of 115 s, benchmarks/epoch_speed.py). The loss is always BPR over
     per-row negatives, whatever `train.objective` says.
     """
 
